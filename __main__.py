@@ -1,0 +1,53 @@
+"""Private registry for a self-hosted k3s cluster: config -> components -> stack outputs."""
+
+import pulumi
+
+from components import render
+from components.caddy_site import CaddySite, CaddySiteArgs
+from components.config import parse_settings, project_config
+from components.credentials import Credentials, CredentialsArgs
+from components.flux_secret import FluxSecret, FluxSecretArgs
+from components.host import Host, HostArgs
+from components.k3s_trust import K3sTrust, K3sTrustArgs
+from components.registry import RegistryArgs, RegistryContainer
+
+cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
+
+host = Host("host", HostArgs(
+    address=cfg.host, port=cfg.ssh_port, user=cfg.ssh_user, private_key=cfg.ssh_private_key,
+    host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
+))
+creds = Credentials("credentials", CredentialsArgs(
+    push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,
+))
+registry = RegistryContainer("registry", RegistryArgs(
+    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret,
+))
+site = CaddySite("caddy-site", CaddySiteArgs(
+    host=host, upstream=registry.upstream, domain=cfg.domain, acme_email=cfg.acme_email,
+    push_user=cfg.push_user, push_hash=creds.push_hash, pull_user=cfg.pull_user, pull_hash=creds.pull_hash,
+    allowlist=cfg.allowlist, acme_ca_url=cfg.acme_ca_url, acme_ca_root=cfg.acme_ca_root,
+    caddyfile=cfg.caddyfile, site_file=cfg.caddy_site_file,
+))
+if cfg.k3s_trust:
+    K3sTrust("k3s-trust", K3sTrustArgs(
+        host=host, registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password,
+        path=cfg.k3s_registries_file, service=cfg.k3s_service, ca_file=cfg.registry_ca_file,
+    ))
+if cfg.flux:
+    FluxSecret("flux", FluxSecretArgs(
+        registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password, kubeconfig=cfg.kubeconfig,
+        namespace=cfg.flux_namespace, secret_name=cfg.flux_secret_name, images=cfg.flux_images,
+        api_version=cfg.flux_api_version, interval=cfg.flux_interval,
+    ))
+
+pulumi.export("registryHost", cfg.domain)
+pulumi.export("registryUrl", cfg.registry_url)
+pulumi.export("imagePrefix", f"{cfg.domain}/")
+pulumi.export("pushUsername", cfg.push_user)
+pulumi.export("pushPassword", creds.push_password)
+pulumi.export("dockerConfigJson", pulumi.Output.secret(
+    creds.push_password.apply(lambda pw: render.dockerconfigjson(cfg.domain, cfg.push_user, pw))
+))
+pulumi.export("pullUsername", cfg.pull_user)
+pulumi.export("pullPassword", creds.pull_password)

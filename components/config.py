@@ -1,0 +1,282 @@
+"""One validated settings object for the whole stack, built from project config.
+
+Every rule runs before any resource is registered; all problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import posixpath
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FLUX_API_VERSIONS = ("image.toolkit.fluxcd.io/v1", "image.toolkit.fluxcd.io/v1beta2")
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+[a-z][a-z0-9-]{{0,61}}[a-z0-9]$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@(?P<domain>[^@\s]+)$")
+_USER_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+_IMAGE_RE = re.compile(
+    r"^(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_REPO_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9@._-]{1,200}$")
+_DURATION_RE = re.compile(r"^(?:[0-9]+(?:ms|s|m|h))+$")
+_ROTATION_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/]+={0,3}$")
+_SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+
+
+class ConfigError(ValueError):
+    """Raised with every invalid setting listed, one per line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated stack settings; field names mirror the config keys (snake_case)."""
+
+    host: str
+    """Address of the server (DNS name or IP) reached over SSH."""
+    ssh_port: int = 22
+    """SSH port."""
+    ssh_user: str = "ubuntu"
+    """SSH login; privileged steps go through `sudo -n` unless this is root."""
+    ssh_private_key: str | None = field(default=None, repr=False)
+    """Private key (secret config); the ssh-agent is used when unset."""
+    ssh_host_key: str | None = None
+    """Pinned public host key line (`ssh-ed25519 AAAA...`); unchecked when unset."""
+    domain: str = "registry.lvs.me.uk"
+    """Public DNS name the registry is served on."""
+    acme_email: str = "letsencrypt@lvs.me.uk"
+    """ACME account email."""
+    acme_ca_url: str | None = None
+    """ACME directory URL (Let's Encrypt staging, or a test CA); Caddy's default when unset."""
+    acme_ca_root: str | None = None
+    """Path on the host of the PEM root that signs the ACME server's own TLS certificate."""
+    push_user: str = "robot_user"
+    """Push principal (CI)."""
+    pull_user: str = "k3s_pull"
+    """Pull-only principal (k3s and Flux)."""
+    password_length: int = 32
+    """Length of the generated passwords."""
+    credential_rotation: str = "1"
+    """Change this value to rotate both passwords."""
+    registry_image: str = "registry:2"
+    """Registry image, pinnable by digest."""
+    registry_port: int = 5000
+    """Loopback port the registry is published on."""
+    data_dir: str = "/srv/data/registry"
+    """Host directory holding the registry's data; never removed."""
+    allowlist: tuple[str, ...] = ()
+    """CIDRs allowed to reach the site; everyone when empty."""
+    caddyfile: str = "/etc/caddy/Caddyfile"
+    """The host's main Caddyfile; the program only adds one import line to it."""
+    caddy_site_file: str = "/etc/caddy/registry.caddy"
+    """The site file the program owns."""
+    k3s_trust: bool = True
+    """Write the k3s trust file and restart k3s when it changes."""
+    k3s_service: str = "k3s"
+    """k3s systemd unit: k3s on servers, k3s-agent on agents."""
+    k3s_registries_file: str = "/etc/rancher/k3s/registries.yaml"
+    """Path of k3s's registries.yaml."""
+    registry_ca_file: str | None = None
+    """Path on the host of a CA k3s should trust for the registry (private or test CAs)."""
+    flux: bool = True
+    """Create the Flux pull secret (and image repositories)."""
+    kubeconfig: str | None = field(default=None, repr=False)
+    """Kubeconfig contents (secret config); the ambient kubeconfig when unset."""
+    flux_namespace: str = "flux-system"
+    """Namespace of the Flux secret."""
+    flux_secret_name: str = "registry-credentials"
+    """Name of the Flux secret."""
+    flux_api_version: str = "image.toolkit.fluxcd.io/v1"
+    """ImageRepository API version (v1 from Flux 2.7, v1beta2 before)."""
+    flux_images: tuple[str, ...] = ("ruby-demo-app",)
+    """Repositories to create Flux ImageRepositories for."""
+    flux_interval: str = "5m"
+    """How often Flux scans each repository."""
+
+    @property
+    def privileged_prefix(self) -> str:
+        """What to put before a command that needs root on the host."""
+        return "" if self.ssh_user == "root" else "sudo -n "
+
+    @property
+    def registry_url(self) -> str:
+        return f"https://{self.domain}"
+
+
+# key -> (field name, parser). Parsers take the raw string and raise ValueError("accepted ...").
+def _str(accepted: str, rule: Callable[[str], bool]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not rule(raw):
+            raise ValueError(accepted)
+        return raw
+
+    return parse
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda raw: None if raw == "" else parse(raw)
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"an integer from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"an integer from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    value = str(raw).strip().lower()
+    if value in ("true", "false"):
+        return value == "true"
+    raise ValueError("true or false")
+
+
+def _list(item: Callable[[str], str], accepted: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(raw: Any) -> tuple[str, ...]:
+        values = raw
+        if isinstance(raw, str):
+            try:
+                values = json.loads(raw) if raw.strip() else []
+            except json.JSONDecodeError:
+                raise ValueError(f"a JSON list of {accepted}") from None
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"a JSON list of {accepted}")
+        bad = [v for v in values if not _accepts(item, v)]
+        if bad:
+            raise ValueError(f"a list of {accepted} (bad: {', '.join(map(repr, bad))})")
+        return tuple(item(v) for v in values)
+
+    return parse
+
+
+def _accepts(parse: Callable[[str], Any], value: str) -> bool:
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_domain(value: str) -> bool:
+    return len(value) <= 253 and bool(_DOMAIN_RE.match(value))
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return value == "localhost" or (len(value) <= 253 and bool(re.match(rf"^(?:{_LABEL}\.)*{_LABEL}$", value)))
+
+
+def _is_email(value: str) -> bool:
+    m = _EMAIL_RE.match(value)
+    return bool(m) and _is_domain(m.group("domain").lower())
+
+
+def _is_abs_path(value: str) -> bool:
+    return bool(_SAFE_PATH_RE.match(value)) and posixpath.normpath(value) == value and value != "/"
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError("CIDRs such as 203.0.113.0/24 or 2001:db8::/32") from None
+
+
+def _is_url(value: str) -> bool:
+    return bool(re.match(r"^https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/-]*)?$", value))
+
+
+_PATH = "an absolute normalised path of letters, digits and ._/@+-"
+_USER = "1-64 characters of letters, digits and ._@- (no ':' or whitespace)"
+
+SCHEMA: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "host": ("host", _str("a DNS name or IP address (not empty)", _is_host)),
+    "sshPort": ("ssh_port", _int(1, 65535)),
+    "sshUser": ("ssh_user", _str(_USER, lambda v: bool(_USER_RE.match(v)))),
+    "sshPrivateKey": ("ssh_private_key", _optional(_str("a PEM/OpenSSH private key", lambda v: "PRIVATE KEY" in v))),
+    "sshHostKey": ("ssh_host_key", _optional(_str("a public key line such as 'ssh-ed25519 AAAA...'", lambda v: bool(_HOST_KEY_RE.match(v.strip()))))),
+    "domain": ("domain", _str("a lower-case DNS name with at least two labels, e.g. registry.example.com", _is_domain)),
+    "acmeEmail": ("acme_email", _str("an email address such as ops@example.com", _is_email)),
+    "acmeCaUrl": ("acme_ca_url", _optional(_str("an https:// URL of an ACME directory", _is_url))),
+    "acmeCaRoot": ("acme_ca_root", _optional(_str(_PATH, _is_abs_path))),
+    "pushUser": ("push_user", _str(_USER, lambda v: bool(_USER_RE.match(v)))),
+    "pullUser": ("pull_user", _str(_USER, lambda v: bool(_USER_RE.match(v)))),
+    "passwordLength": ("password_length", _int(20, 72)),
+    "credentialRotation": ("credential_rotation", _str("1-64 characters of letters, digits and ._-", lambda v: bool(_ROTATION_RE.match(v)))),
+    "registryImage": ("registry_image", _str("an image reference such as registry:2 or registry@sha256:<64 hex>", lambda v: bool(_IMAGE_RE.match(v)))),
+    "registryPort": ("registry_port", _int(1024, 65535)),
+    "dataDir": ("data_dir", _str(_PATH, _is_abs_path)),
+    "allowlist": ("allowlist", _list(_cidr, "CIDRs such as 203.0.113.0/24")),
+    "caddyfile": ("caddyfile", _str(_PATH, _is_abs_path)),
+    "caddySiteFile": ("caddy_site_file", _str(_PATH, _is_abs_path)),
+    "k3sTrust": ("k3s_trust", _bool),
+    "k3sService": ("k3s_service", _str("a systemd unit name such as k3s or k3s-agent", lambda v: bool(_UNIT_RE.match(v)))),
+    "k3sRegistriesFile": ("k3s_registries_file", _str(_PATH, _is_abs_path)),
+    "registryCaFile": ("registry_ca_file", _optional(_str(_PATH, _is_abs_path))),
+    "flux": ("flux", _bool),
+    "kubeconfig": ("kubeconfig", _optional(_str("kubeconfig contents", lambda v: "apiVersion" in v or "clusters" in v))),
+    "fluxNamespace": ("flux_namespace", _str("a Kubernetes namespace name", lambda v: bool(re.match(rf"^{_LABEL}$", v)))),
+    "fluxSecretName": ("flux_secret_name", _str("a Kubernetes object name", lambda v: _is_host(v) and len(v) <= 253)),
+    "fluxApiVersion": ("flux_api_version", _str(" or ".join(FLUX_API_VERSIONS), lambda v: v in FLUX_API_VERSIONS)),
+    "fluxImages": ("flux_images", _list(_str("repository names", lambda v: bool(_REPO_RE.match(v))), "repository names such as ruby-demo-app")),
+    "fluxInterval": ("flux_interval", _str("a Go duration such as 1m or 1h30m", lambda v: bool(_DURATION_RE.match(v)))),
+}
+
+SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig"})
+
+
+def _show(key: str, raw: Any) -> str:
+    return "<secret>" if key in SECRET_KEYS else repr(raw)
+
+
+def parse_settings(raw: Mapping[str, Any], project: str = "registry") -> Settings:
+    """Validate raw config (key -> string, as Pulumi stores it) into Settings, or raise ConfigError."""
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    for key in sorted(set(raw) - set(SCHEMA)):
+        errors.append(f"{project}:{key} is not a known setting; known settings: {', '.join(sorted(SCHEMA))}")
+    for key, (name, parse) in SCHEMA.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        try:
+            values[name] = parse(value if isinstance(value, str | list) else json.dumps(value))
+        except ValueError as exc:
+            errors.append(f"{project}:{key} = {_show(key, value)} is invalid; accepted: {exc}")
+    if "host" not in values and not any(e.startswith(f"{project}:host ") for e in errors):
+        errors.append(f"{project}:host is not set; accepted: a DNS name or IP address (not empty)")
+    if not errors and values.get("push_user", Settings.push_user) == values.get("pull_user", Settings.pull_user):
+        errors.append(f"{project}:pullUser = {values.get('pull_user', Settings.pull_user)!r} is invalid; accepted: a name different from pushUser")
+    if errors:
+        raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
+    return Settings(**values)
+
+
+def project_config(project: str) -> dict[str, Any]:
+    """Every `<project>:<key>` config value the Pulumi engine handed this program, un-namespaced."""
+    from pulumi.runtime import config as runtime_config
+
+    merged: dict[str, Any] = {}
+    env = os.environ.get("PULUMI_CONFIG")
+    if env:
+        merged.update(json.loads(env))
+    merged.update(runtime_config.CONFIG.get())
+    prefix = f"{project}:"
+    return {k[len(prefix):]: v for k, v in merged.items() if k.startswith(prefix)}

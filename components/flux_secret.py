@@ -1,0 +1,77 @@
+"""The pull secret Flux's image-reflector-controller uses, and one ImageRepository per app image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import render
+
+TYPE = "registry:index:FluxSecret"
+
+
+@dataclass(frozen=True)
+class FluxSecretArgs:
+    registry: str
+    """Registry host name (the key of `auths`)."""
+    username: str
+    """Pull-only principal."""
+    password: pulumi.Input[str]
+    """Its password (secret)."""
+    kubeconfig: pulumi.Input[str] | None
+    """Kubeconfig contents (secret), or None for the ambient kubeconfig."""
+    namespace: str
+    """Flux's namespace."""
+    secret_name: str
+    """Name of the dockerconfigjson secret."""
+    images: Sequence[str]
+    """Repositories to watch with an ImageRepository each."""
+    api_version: str
+    """ImageRepository API version."""
+    interval: str
+    """Scan interval."""
+
+
+class FluxSecret(pulumi.ComponentResource):
+    """Owns the `kubernetes.io/dockerconfigjson` secret in flux-system and the ImageRepositories that use it."""
+
+    secret_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: FluxSecretArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        provider = k8s.Provider(
+            f"{name}-cluster",
+            kubeconfig=pulumi.Output.secret(args.kubeconfig) if args.kubeconfig is not None else None,
+            # A rotated password updates the secret in place instead of deleting and recreating it.
+            enable_secret_mutable=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        in_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
+        config_json = pulumi.Output.from_input(args.password).apply(
+            lambda pw: render.dockerconfigjson(args.registry, args.username, pw)
+        )
+        secret = k8s.core.v1.Secret(
+            f"{name}-secret",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=args.secret_name, namespace=args.namespace),
+            type="kubernetes.io/dockerconfigjson",
+            string_data={".dockerconfigjson": pulumi.Output.secret(config_json)},
+            opts=in_cluster,
+        )
+        for image in args.images:
+            k8s.apiextensions.CustomResource(
+                f"{name}-{image.replace('/', '-')}",
+                api_version=args.api_version,
+                kind="ImageRepository",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=image.replace("/", "-"), namespace=args.namespace),
+                spec={
+                    "image": f"{args.registry}/{image}",
+                    "interval": args.interval,
+                    "secretRef": {"name": secret.metadata.name},
+                },
+                opts=in_cluster,
+            )
+        self.secret_name = secret.metadata.name
+        self.register_outputs({"secret_name": self.secret_name})

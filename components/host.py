@@ -1,0 +1,108 @@
+"""The server: its SSH connection, a preflight check, and the registry's data directory (never removed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_command as command
+
+from components import scripts
+
+TYPE = "registry:index:Host"
+
+
+@dataclass(frozen=True)
+class HostArgs:
+    address: str
+    """DNS name or IP of the server."""
+    port: int
+    """SSH port."""
+    user: str
+    """SSH login; anything but root goes through `sudo -n`."""
+    private_key: pulumi.Input[str] | None
+    """Secret private key; the ssh-agent is used when None."""
+    host_key: str | None
+    """Pinned host public key, or None to skip the check."""
+    data_dir: str
+    """Registry data directory to create."""
+    require_k3s: bool
+    """Whether preflight insists on the k3s unit."""
+    k3s_service: str
+    """k3s unit name checked by preflight."""
+
+
+class Host(pulumi.ComponentResource):
+    """Owns the SSH connection, the preflight check and the data directory on the server."""
+
+    connection: command.remote.ConnectionArgs
+    privileged_prefix: str
+    data_dir: pulumi.Output[str]
+    preflight: pulumi.Output[str]
+
+    def __init__(self, name: str, args: HostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        self._ready: pulumi.Resource | None = None
+        self.privileged_prefix = "" if args.user == "root" else "sudo -n "
+        self.connection = command.remote.ConnectionArgs(
+            host=args.address,
+            port=args.port,
+            user=args.user,
+            private_key=pulumi.Output.secret(args.private_key) if args.private_key is not None else None,
+            host_key=args.host_key,
+            dial_error_limit=3,
+        )
+        check = self.run(
+            f"{name}-preflight",
+            create=scripts.preflight(args.require_k3s, args.k3s_service),
+        )
+        directory = self.run(
+            f"{name}-data-dir",
+            create=scripts.data_dir(args.data_dir),
+            opts=pulumi.ResourceOptions(depends_on=[check]),
+        )
+        # Every later command on this host waits for the preflight check and the data directory.
+        self._ready = directory
+        # Outputs derived from the commands carry them as dependencies to every consumer.
+        self.preflight = check.stdout
+        self.data_dir = directory.stdout.apply(lambda _: args.data_dir)
+        self.register_outputs({"data_dir": self.data_dir, "preflight": self.preflight})
+
+    def run(
+        self,
+        name: str,
+        *,
+        create: pulumi.Input[str],
+        update: pulumi.Input[str] | None = None,
+        delete: pulumi.Input[str] | None = None,
+        stdin: pulumi.Input[str] | None = None,
+        triggers: pulumi.Input[list[Any]] | None = None,
+        parent: pulumi.Resource | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> command.remote.Command:
+        """A root command on this host. With stdin (always a secret) it logs nothing and its output is secret."""
+
+        def root(script: pulumi.Input[str] | None) -> pulumi.Input[str] | None:
+            if script is None:
+                return None
+            return pulumi.Output.from_input(script).apply(lambda s: scripts.as_root(s, self.privileged_prefix))
+
+        secret = stdin is not None
+        options = pulumi.ResourceOptions(
+            parent=parent or self,
+            additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
+            depends_on=[self._ready] if self._ready is not None else None,
+        )
+        return command.remote.Command(
+            name,
+            connection=self.connection,
+            create=root(create),
+            update=root(update),
+            delete=root(delete),
+            stdin=pulumi.Output.secret(stdin) if secret else None,
+            triggers=triggers,
+            logging=command.remote.Logging.NONE if secret else command.remote.Logging.STDOUT_AND_STDERR,
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions.merge(options, opts),
+        )

@@ -1,0 +1,50 @@
+"""The Distribution registry container, published on loopback only, storing into the host's data directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components import render, scripts
+from components.host import Host
+
+TYPE = "registry:index:RegistryContainer"
+CONTAINER = "registry"
+ENV_FILE = "/etc/registry/registry.env"
+
+
+@dataclass(frozen=True)
+class RegistryArgs:
+    host: Host
+    """Where the container runs."""
+    image: str
+    """Image reference, pinnable by digest."""
+    port: int
+    """Loopback port published for Caddy."""
+    http_secret: pulumi.Input[str]
+    """Stable REGISTRY_HTTP_SECRET (secret)."""
+
+
+class RegistryContainer(pulumi.ComponentResource):
+    """Owns the `registry` container and its env file; the data directory belongs to the host and outlives it."""
+
+    upstream: pulumi.Output[str]
+
+    def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TYPE, name, None, opts)
+        create = args.host.data_dir.apply(
+            lambda data_dir: scripts.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE)
+        )
+        container = args.host.run(
+            f"{name}-container",
+            create=create,
+            delete=scripts.registry_remove(CONTAINER),
+            stdin=pulumi.Output.from_input(args.http_secret).apply(render.render_registry_env),
+            # A new image or setting replaces the container; removing the old one first frees its name and port.
+            triggers=[args.image, args.port],
+            parent=self,
+            opts=pulumi.ResourceOptions(delete_before_replace=True),
+        )
+        self.upstream = container.create.apply(lambda _: f"127.0.0.1:{args.port}")
+        self.register_outputs({"upstream": self.upstream})

@@ -1,0 +1,119 @@
+"""Pure renderers for every file that lands on the host or in the cluster.
+
+Plain values in, text out; nothing here knows about Pulumi.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import yaml
+
+API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """Everything the Caddy site depends on."""
+
+    domain: str
+    acme_email: str
+    upstream: str
+    """host:port of the registry, e.g. 127.0.0.1:5000."""
+    push_user: str
+    push_hash: str
+    pull_user: str
+    pull_hash: str
+    allowlist: Sequence[str] = ()
+    acme_ca_url: str | None = None
+    acme_ca_root: str | None = None
+
+
+def _caddy_token(value: str) -> str:
+    """Quote a Caddyfile token when it holds anything but safe characters."""
+    if value and all(c.isalnum() or c in "._-/:@$*+=" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_caddyfile(spec: SiteSpec) -> str:
+    """The registry's Caddy site: TLS via ACME, basic auth on /v2/, pull-only user limited to GET/HEAD."""
+    tls = [f"\ttls {_caddy_token(spec.acme_email)}"]
+    tls_options = []
+    if spec.acme_ca_url:
+        tls_options.append(f"\t\tca {_caddy_token(spec.acme_ca_url)}")
+    if spec.acme_ca_root:
+        tls_options.append(f"\t\tca_root {_caddy_token(spec.acme_ca_root)}")
+    if tls_options:
+        tls = [tls[0] + " {", *tls_options, "\t}"]
+    lines = [
+        "# Managed by the registry Pulumi program; edits are overwritten.",
+        f"{spec.domain} {{",
+        *tls,
+        "\tencode zstd gzip",
+        # '?' sets the header only when the registry did not (Caddy's own 401/403 lack it).
+        f"\theader ?{API_VERSION_HEADER[0]} {API_VERSION_HEADER[1]}",
+    ]
+    if spec.allowlist:
+        lines += [
+            f"\t@outside not remote_ip {' '.join(spec.allowlist)}",
+            '\trespond @outside "forbidden" 403',
+        ]
+    lines += [
+        "\troute /v2/* {",
+        "\t\tbasic_auth {",
+        f"\t\t\t{spec.push_user} {spec.push_hash}",
+        f"\t\t\t{spec.pull_user} {spec.pull_hash}",
+        "\t\t}",
+        "\t\t@pull_write {",
+        f"\t\t\tvars {{http.auth.user.id}} {spec.pull_user}",
+        "\t\t\tnot method GET HEAD",
+        "\t\t}",
+        '\t\trespond @pull_write "pull-only credential: read access only" 403',
+        "\t}",
+        f"\treverse_proxy {spec.upstream}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def basic_auth_value(username: str, password: str) -> str:
+    """base64(user:password), the `auth` field every Docker-config reader understands."""
+    return base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def dockerconfigjson(registry: str, username: str, password: str) -> str:
+    """A Docker config.json holding one credential (username, password and auth)."""
+    entry = {"username": username, "password": password, "auth": basic_auth_value(username, password)}
+    return json.dumps({"auths": {registry: entry}}, indent=2, sort_keys=True) + "\n"
+
+
+def render_registries_yaml(registry: str, username: str, password: str, ca_file: str | None = None) -> str:
+    """k3s's registries.yaml trusting one registry with one credential.
+
+    No mirror entry: for a registry served under its own name, `configs` alone is what k3s needs.
+    """
+    host_config: dict[str, object] = {"auth": {"username": username, "password": password}}
+    if ca_file:
+        host_config["tls"] = {"ca_file": ca_file}
+    document = {"configs": {registry: host_config}}
+    return "# Managed by the registry Pulumi program.\n" + yaml.safe_dump(document, sort_keys=True, default_flow_style=False)
+
+
+def render_registry_env(http_secret: str, container_root: str = "/var/lib/registry") -> str:
+    """The registry container's --env-file: storage root, deletion, and a stable HTTP secret."""
+    env = {
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": container_root,
+        "REGISTRY_STORAGE_DELETE_ENABLED": "true",
+        "REGISTRY_HTTP_SECRET": http_secret,
+    }
+    return "".join(f"{k}={v}\n" for k, v in env.items())
+
+
+def sha256(text: str) -> str:
+    """Hex digest of a rendered file, used to trigger dependent steps only when content changes."""
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,150 @@
+"""Pure renderers for the shell scripts the program runs on the host.
+
+Every value is quoted through `q`; no script ever contains a secret (secrets arrive on stdin).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+
+q = shlex.quote
+
+MIN_CADDY = (2, 8)
+
+
+def as_root(script: str, prefix: str) -> str:
+    """The command string that runs `script` with POSIX sh as root (prefix is '' or 'sudo -n ')."""
+    return f"{prefix}sh -c {q(script)}"
+
+
+def _script(*lines: str) -> str:
+    return "\n".join(["set -eu", *lines]) + "\n"
+
+
+def preflight(require_k3s: bool, k3s_service: str) -> str:
+    """Fail with one readable line per problem before anything is changed on the host."""
+    lines = [
+        "problems=''",
+        "fail() { problems=\"${problems}preflight: $1\n\"; }",
+        "command -v curl >/dev/null 2>&1 || fail 'curl is not installed (needed to check the registry answers)'",
+        "if ! command -v docker >/dev/null 2>&1; then fail 'Docker is not installed (install docker.io or docker-ce)'",
+        "elif ! docker info >/dev/null 2>&1; then fail 'Docker is installed but the engine is not running'; fi",
+        "if ! command -v caddy >/dev/null 2>&1; then fail 'Caddy is not installed (2.8 or later is required)'",
+        "else",
+        "  v=$(caddy version | sed -n 's/^v\\{0,1\\}\\([0-9][0-9]*\\)\\.\\([0-9][0-9]*\\).*/\\1 \\2/p' | head -n 1)",
+        "  major=${v% *}; minor=${v#* }",
+        f"  if [ -z \"$v\" ] || [ \"$major\" -lt {MIN_CADDY[0]} ] || {{ [ \"$major\" -eq {MIN_CADDY[0]} ] && [ \"$minor\" -lt {MIN_CADDY[1]} ]; }}; then",
+        f"    fail \"Caddy $(caddy version | head -n 1) is too old: {MIN_CADDY[0]}.{MIN_CADDY[1]} or later is required (basic_auth)\"",
+        "  fi",
+        "  systemctl cat caddy.service >/dev/null 2>&1 || fail 'Caddy is installed but caddy.service is missing (install Caddy from its Debian/Ubuntu package)'",
+        "fi",
+    ]
+    if require_k3s:
+        lines.append(
+            f"systemctl cat {q(k3s_service + '.service')} >/dev/null 2>&1 || "
+            f"fail {q(f'k3s is not installed: systemd unit {k3s_service}.service not found (set k3sTrust=false to skip the trust file)')}"
+        )
+    lines += [
+        "holders=$(ss -Hltnp 'sport = :80 or sport = :443' 2>/dev/null | grep -v 'users:((\"caddy\"' || true)",
+        "[ -z \"$holders\" ] || fail \"ports 80/443 are held by something other than Caddy: $holders\"",
+        "if [ -n \"$problems\" ]; then printf '%s' \"$problems\" >&2; exit 1; fi",
+        "echo 'preflight: ok'",
+    ]
+    return _script(*lines)
+
+
+def data_dir(path: str) -> str:
+    """Create the registry's data directory (root-owned: registry:2 runs as root); never remove it."""
+    return _script(f"install -d -m 0750 -o root -g root {q(path)}", f"echo {q(path)}")
+
+
+def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str) -> str:
+    """Write the env file from stdin (0600), then (re)create the container and wait for /v2/."""
+    return _script(
+        "umask 077",
+        f"install -d -m 0700 {q(posixpath.dirname(env_file))}",
+        f"cat > {q(env_file + '.new')}",
+        f"mv {q(env_file + '.new')} {q(env_file)}",
+        f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
+        f"docker run -d --name {q(name)} --restart unless-stopped -p {q(f'127.0.0.1:{port}:5000')} "
+        f"-v {q(f'{data_dir}:/var/lib/registry')} --env-file {q(env_file)} {q(image)} >/dev/null",
+        "i=0",
+        f"until curl -fsS -o /dev/null {q(f'http://127.0.0.1:{port}/v2/')}; do",
+        "  i=$((i + 1))",
+        f"  if [ \"$i\" -ge 60 ]; then echo 'registry did not answer on 127.0.0.1:{port}/v2/ within 30 s' >&2; docker logs --tail 20 {q(name)} >&2; exit 1; fi",
+        "  sleep 0.5",
+        "done",
+        f"echo {q(f'127.0.0.1:{port}')}",
+    )
+
+
+def registry_remove(name: str) -> str:
+    """Remove the container only; the data directory stays."""
+    return _script(f"docker rm -f {q(name)} >/dev/null 2>&1 || true")
+
+
+def caddy_site_install(caddyfile: str, site_file: str) -> str:
+    """Install the site from stdin: validate the whole config first, keep the old file on failure, reload gracefully."""
+    import_line = f"import {site_file}"
+    return _script(
+        f"site={q(site_file)}; main={q(caddyfile)}",
+        f"[ -f \"$main\" ] || {{ echo \"Caddyfile $main not found\" >&2; exit 1; }}",
+        "umask 027",
+        'tmp=$(mktemp "$site.new.XXXXXX")',
+        "trap 'rm -f \"$tmp\"' EXIT",
+        'cat > "$tmp"',
+        'chgrp caddy "$tmp" 2>/dev/null || true',
+        'chmod 0640 "$tmp"',
+        f"if grep -qxF {q(import_line)} \"$main\"; then added=0; else added=1; fi",
+        'if [ "$added" = 0 ] && [ -f "$site" ] && cmp -s "$tmp" "$site"; then echo "site unchanged"; exit 0; fi',
+        'cp -p "$main" "$main.bak"',
+        '[ -f "$site" ] && cp -p "$site" "$site.bak"',
+        'mv "$tmp" "$site"',
+        f"[ \"$added\" = 0 ] || printf '\\n# Added by the registry Pulumi program.\\n%s\\n' {q(import_line)} >> \"$main\"",
+        'if ! out=$(caddy validate --adapter caddyfile --config "$main" 2>&1); then',
+        '  if [ -f "$site.bak" ]; then mv "$site.bak" "$site"; else rm -f "$site"; fi',
+        '  cp -p "$main.bak" "$main"',
+        "  echo 'caddy validate rejected the new site; the previous configuration is still live:' >&2",
+        "  printf '%s\\n' \"$out\" | grep -v '\"level\":\"info\"' >&2",
+        "  exit 1",
+        "fi",
+        'rm -f "$site.bak" "$main.bak"',
+        "if systemctl is-active --quiet caddy; then systemctl reload caddy; else systemctl enable --now caddy; fi",
+        "echo 'site installed and Caddy reloaded'",
+    )
+
+
+def caddy_site_remove(caddyfile: str, site_file: str) -> str:
+    """Drop the import line and the site file, then reload; other sites are untouched."""
+    import_line = f"import {site_file}"
+    return _script(
+        f"site={q(site_file)}; main={q(caddyfile)}",
+        f"if [ -f \"$main\" ]; then grep -vxF {q(import_line)} \"$main\" > \"$main.tmp\" || true; cat \"$main.tmp\" > \"$main\"; rm -f \"$main.tmp\"; fi",
+        'rm -f "$site"',
+        "if systemctl is-active --quiet caddy; then systemctl reload caddy; fi",
+    )
+
+
+def trust_file_write(path: str) -> str:
+    """Write registries.yaml from stdin as root:root 0600, replacing it only when the content differs."""
+    return _script(
+        "umask 077",
+        f"f={q(path)}",
+        'install -d -m 0755 "$(dirname "$f")"',
+        'tmp=$(mktemp "$f.new.XXXXXX")',
+        "trap 'rm -f \"$tmp\"' EXIT",
+        'cat > "$tmp"',
+        'chown root:root "$tmp"; chmod 0600 "$tmp"',
+        'if [ -f "$f" ] && cmp -s "$tmp" "$f"; then echo unchanged; else mv "$tmp" "$f"; echo written; fi',
+    )
+
+
+def trust_file_remove(path: str) -> str:
+    return _script(f"rm -f {q(path)}")
+
+
+def k3s_restart(service: str) -> str:
+    """Restart k3s if it runs (a stopped k3s reads the file when it starts)."""
+    return _script(f"systemctl try-restart {q(service + '.service')}", f"echo {q(f'{service} restarted if it was running')}")
+
