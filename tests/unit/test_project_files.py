@@ -1,0 +1,58 @@
+"""The project files agree with the settings object: schema, stack files, README reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import SCHEMA, Settings, parse_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+
+
+def test_pulumi_yaml_schema_lists_exactly_the_settings_with_type_description_and_default() -> None:
+    assert set(PROJECT["config"]) == set(SCHEMA)
+    for key, spec in PROJECT["config"].items():
+        assert {"type", "description", "default"} <= set(spec), key
+        assert spec["description"].strip(), key
+
+
+@pytest.mark.parametrize("key", sorted(k for k in SCHEMA if k != "host"))
+def test_pulumi_yaml_defaults_equal_the_program_defaults(key: str) -> None:
+    raw = PROJECT["config"][key]["default"]
+    parsed = parse_settings({"host": "192.0.2.1", key: raw if isinstance(raw, str) else json.dumps(raw)})
+    field_name = SCHEMA[key][0]
+    assert getattr(parsed, field_name) == getattr(Settings(host="192.0.2.1"), field_name)
+
+
+@pytest.mark.parametrize("stack", ["prod", "dev"])
+def test_stack_files_hold_only_valid_known_settings(stack: str) -> None:
+    config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    raw = {k.split(":", 1)[1]: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    settings = parse_settings(raw)
+    assert settings.host
+
+
+def test_prod_stack_carries_the_seed_values() -> None:
+    config = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
+    settings = parse_settings({k.split(":", 1)[1]: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
+    assert (settings.domain, settings.acme_email, settings.push_user, settings.ssh_user) == (
+        "registry.lvs.me.uk", "letsencrypt@lvs.me.uk", "robot_user", "ubuntu")
+    assert (settings.flux_secret_name, settings.flux_images) == ("registry-credentials", ("ruby-demo-app",))
+
+
+def test_readme_config_reference_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [key for key in SCHEMA if f"| `{key}` |" not in readme]
+    assert not missing
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/dev.sh test" in readme
+    assert "exec bash scripts/dev.sh test" in ci
