@@ -9,7 +9,9 @@ from components.credentials import Credentials, CredentialsArgs
 from components.flux_secret import FluxSecret, FluxSecretArgs
 from components.host import Host, HostArgs
 from components.k3s_trust import K3sTrust, K3sTrustArgs
-from components.registry import RegistryArgs, RegistryContainer
+from components.maintenance import Maintenance, MaintenanceArgs
+from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryContainer
+from components.verify import Verify, VerifyArgs
 
 cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
 
@@ -29,11 +31,23 @@ site = CaddySite("caddy-site", CaddySiteArgs(
     allowlist=cfg.allowlist, acme_ca_url=cfg.acme_ca_url, acme_ca_root=cfg.acme_ca_root,
     caddyfile=cfg.caddyfile, site_file=cfg.caddy_site_file,
 ))
-if cfg.k3s_trust:
-    K3sTrust("k3s-trust", K3sTrustArgs(
-        host=host, registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password,
-        path=cfg.k3s_registries_file, service=cfg.k3s_service, ca_file=cfg.registry_ca_file,
+trust = K3sTrust("k3s-trust", K3sTrustArgs(
+    host=host, registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password,
+    path=cfg.k3s_registries_file, service=cfg.k3s_service, ca_file=cfg.registry_ca_file,
+)) if cfg.k3s_trust else None
+if cfg.verify:
+    Verify("verify", VerifyArgs(
+        host=host, domain=cfg.domain, push_user=cfg.push_user, push_password=creds.push_password,
+        pull_user=cfg.pull_user, pull_password=creds.pull_password, ca_file=cfg.registry_ca_file,
+        k3s=trust is not None, allowlist=bool(cfg.allowlist),
+        triggers=[site.content_sha256, trust.content_sha256 if trust else "", cfg.registry_image, cfg.registry_port],
+        after=[site, *([trust] if trust else [])],
     ))
+Maintenance("maintenance", MaintenanceArgs(
+    host=host, upstream=registry.upstream, container=CONTAINER, image=cfg.registry_image, port=cfg.registry_port,
+    env_file=ENV_FILE, gc_schedule=cfg.gc_schedule, gc_delete_untagged=cfg.gc_delete_untagged,
+    backup_schedule=cfg.backup_schedule, backup_dir=cfg.backup_dir, backup_keep=cfg.backup_keep,
+))
 if cfg.flux:
     FluxSecret("flux", FluxSecretArgs(
         registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password, kubeconfig=cfg.kubeconfig,

@@ -10,7 +10,6 @@ import pulumi
 from components import render, scripts
 from components.host import Host
 
-
 TYPE = "registry:index:CaddySite"
 
 

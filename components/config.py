@@ -30,6 +30,9 @@ _DURATION_RE = re.compile(r"^(?:[0-9]+(?:ms|s|m|h))+$")
 _ROTATION_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/]+={0,3}$")
 _SAFE_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+# systemd OnCalendar, loosely: the characters its grammar uses, at least one letter, digit or '*'.
+# The host checks the exact grammar with `systemd-analyze calendar` before installing a timer.
+_CALENDAR_RE = re.compile(r"^(?=.*[A-Za-z0-9*])[A-Za-z0-9*,./:~ +-]{1,100}$")
 
 
 class ConfigError(ValueError):
@@ -100,6 +103,18 @@ class Settings:
     """Repositories to create Flux ImageRepositories for."""
     flux_interval: str = "5m"
     """How often Flux scans each repository."""
+    verify: bool = True
+    """Check the live site through its public name after every change that matters (and the k3s pull path)."""
+    gc_schedule: str = "Sun *-*-* 03:00:00"
+    """systemd OnCalendar of the garbage-collection timer; empty disables the timer."""
+    gc_delete_untagged: bool = False
+    """Pass --delete-untagged to garbage-collect (in 2.8 it also deletes the children of multi-arch images)."""
+    backup_schedule: str = "*-*-* 02:30:00"
+    """systemd OnCalendar of the backup timer; empty disables the timer."""
+    backup_dir: str = "/srv/backups/registry"
+    """Host directory the backup archives go to (root-only); never removed."""
+    backup_keep: int = 7
+    """How many backup archives to keep; older ones are deleted after a successful backup."""
 
     @property
     def privileged_prefix(self) -> str:
@@ -185,7 +200,7 @@ def _is_host(value: str) -> bool:
 
 def _is_email(value: str) -> bool:
     m = _EMAIL_RE.match(value)
-    return bool(m) and _is_domain(m.group("domain").lower())
+    return m is not None and _is_domain(m.group("domain").lower())
 
 
 def _is_abs_path(value: str) -> bool:
@@ -204,9 +219,18 @@ def _is_url(value: str) -> bool:
 
 
 _PATH = "an absolute normalised path of letters, digits and ._/@+-"
+_CALENDAR = "a systemd OnCalendar expression such as 'Sun *-*-* 03:00:00' or 'daily', or empty to disable the timer"
+
+
+def _is_calendar(value: str) -> bool:
+    return value == "" or (value == value.strip() and bool(_CALENDAR_RE.match(value)))
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
 _USER = "1-64 characters of letters, digits and ._@- (no ':' or whitespace)"
 
-SCHEMA: dict[str, tuple[str, Callable[[str], Any]]] = {
+SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "host": ("host", _str("a DNS name or IP address (not empty)", _is_host)),
     "sshPort": ("ssh_port", _int(1, 65535)),
     "sshUser": ("ssh_user", _str(_USER, lambda v: bool(_USER_RE.match(v)))),
@@ -237,6 +261,12 @@ SCHEMA: dict[str, tuple[str, Callable[[str], Any]]] = {
     "fluxApiVersion": ("flux_api_version", _str(" or ".join(FLUX_API_VERSIONS), lambda v: v in FLUX_API_VERSIONS)),
     "fluxImages": ("flux_images", _list(_str("repository names", lambda v: bool(_REPO_RE.match(v))), "repository names such as ruby-demo-app")),
     "fluxInterval": ("flux_interval", _str("a Go duration such as 1m or 1h30m", lambda v: bool(_DURATION_RE.match(v)))),
+    "verify": ("verify", _bool),
+    "gcSchedule": ("gc_schedule", _str(_CALENDAR, _is_calendar)),
+    "gcDeleteUntagged": ("gc_delete_untagged", _bool),
+    "backupSchedule": ("backup_schedule", _str(_CALENDAR, _is_calendar)),
+    "backupDir": ("backup_dir", _str(_PATH, _is_abs_path)),
+    "backupKeep": ("backup_keep", _int(1, 1000)),
 }
 
 SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig"})
@@ -262,8 +292,16 @@ def parse_settings(raw: Mapping[str, Any], project: str = "registry") -> Setting
             errors.append(f"{project}:{key} = {_show(key, value)} is invalid; accepted: {exc}")
     if "host" not in values and not any(e.startswith(f"{project}:host ") for e in errors):
         errors.append(f"{project}:host is not set; accepted: a DNS name or IP address (not empty)")
-    if not errors and values.get("push_user", Settings.push_user) == values.get("pull_user", Settings.pull_user):
+    users_valid = not any(e.startswith((f"{project}:pushUser ", f"{project}:pullUser ")) for e in errors)
+    if users_valid and values.get("push_user", Settings.push_user) == values.get("pull_user", Settings.pull_user):
         errors.append(f"{project}:pullUser = {values.get('pull_user', Settings.pull_user)!r} is invalid; accepted: a name different from pushUser")
+    # Checked whenever both paths are valid on their own, so it is reported together with any other problem.
+    if not any(e.startswith((f"{project}:dataDir ", f"{project}:backupDir ")) for e in errors):
+        data, backups = values.get("data_dir", Settings.data_dir), values.get("backup_dir", Settings.backup_dir)
+        if _inside(backups, data) or _inside(data, backups):
+            errors.append(
+                f"{project}:backupDir = {backups!r} is invalid; accepted: a directory outside dataDir ({data!r}) that does not contain it"
+            )
     if errors:
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
     return Settings(**values)

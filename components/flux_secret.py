@@ -50,14 +50,16 @@ class FluxSecret(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         in_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
-        config_json = pulumi.Output.from_input(args.password).apply(
-            lambda pw: render.dockerconfigjson(args.registry, args.username, pw)
+        config_json: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.from_input(args.password).apply(
+                lambda pw: render.dockerconfigjson(args.registry, args.username, pw)
+            )
         )
         secret = k8s.core.v1.Secret(
             f"{name}-secret",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=args.secret_name, namespace=args.namespace),
             type="kubernetes.io/dockerconfigjson",
-            string_data={".dockerconfigjson": pulumi.Output.secret(config_json)},
+            string_data={".dockerconfigjson": config_json},
             opts=in_cluster,
         )
         for image in args.images:

@@ -89,6 +89,7 @@ class Host(pulumi.ComponentResource):
             return pulumi.Output.from_input(script).apply(lambda s: scripts.as_root(s, self.privileged_prefix))
 
         secret = stdin is not None
+        secret_stdin = pulumi.Output.secret(stdin) if stdin is not None else None
         options = pulumi.ResourceOptions(
             parent=parent or self,
             additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
@@ -100,7 +101,7 @@ class Host(pulumi.ComponentResource):
             create=root(create),
             update=root(update),
             delete=root(delete),
-            stdin=pulumi.Output.secret(stdin) if secret else None,
+            stdin=secret_stdin,
             triggers=triggers,
             logging=command.remote.Logging.NONE if secret else command.remote.Logging.STDOUT_AND_STDERR,
             add_previous_output_in_env=False,

@@ -8,12 +8,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import yaml
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
+MAINTENANCE_FLAG = "/run/registry/read-only"
+"""Present on the host while a maintenance window holds the registry read-only; Caddy then refuses writes clearly."""
+MAINTENANCE_RETRY_AFTER = 120
+# Long enough for the registry container to drain and restart (maintenance window, image change).
+PROXY_TRY_DURATION = "30s"
+PROXY_TRY_INTERVAL = "250ms"
 
 
 @dataclass(frozen=True)
@@ -55,16 +62,18 @@ def render_caddyfile(spec: SiteSpec) -> str:
         f"{spec.domain} {{",
         *tls,
         "\tencode zstd gzip",
-        # '?' sets the header only when the registry did not (Caddy's own 401/403 lack it).
-        f"\theader ?{API_VERSION_HEADER[0]} {API_VERSION_HEADER[1]}",
+        # Set on every answer, Caddy's own 401/403/503 included; the registry's copy is dropped below
+        # so proxied answers carry it exactly once.
+        f"\theader {API_VERSION_HEADER[0]} {API_VERSION_HEADER[1]}",
     ]
+    body: list[str] = []
     if spec.allowlist:
-        lines += [
+        body += [
             f"\t@outside not remote_ip {' '.join(spec.allowlist)}",
             '\trespond @outside "forbidden" 403',
         ]
-    lines += [
-        "\troute /v2/* {",
+    body += [
+        "\troute /v2* {",
         "\t\tbasic_auth {",
         f"\t\t\t{spec.push_user} {spec.push_hash}",
         f"\t\t\t{spec.pull_user} {spec.pull_hash}",
@@ -74,11 +83,40 @@ def render_caddyfile(spec: SiteSpec) -> str:
         "\t\t\tnot method GET HEAD",
         "\t\t}",
         '\t\trespond @pull_write "pull-only credential: read access only" 403',
+        # Distribution's own read-only answer is a bare "405 Method not allowed"; this one says why,
+        # in the registry's error format, as 503 + Retry-After (which clients treat as retryable).
+        "\t\t@maintenance {",
+        "\t\t\tnot method GET HEAD",
+        "\t\t\tfile {",
+        f"\t\t\t\troot {posixpath.dirname(MAINTENANCE_FLAG)}",
+        f"\t\t\t\ttry_files /{posixpath.basename(MAINTENANCE_FLAG)}",
+        "\t\t\t}",
+        "\t\t}",
+        '\t\theader @maintenance Content-Type "application/json; charset=utf-8"',
+        f"\t\theader @maintenance Retry-After {MAINTENANCE_RETRY_AFTER}",
+        f"\t\trespond @maintenance `{maintenance_error()}` 503",
         "\t}",
-        f"\treverse_proxy {spec.upstream}",
-        "}",
+        # Requests that arrive while the container restarts wait for it instead of failing with 502;
+        # a connection refused is retried for every method, a dropped one only for GET and HEAD.
+        f"\treverse_proxy {spec.upstream} {{",
+        f"\t\theader_down -{API_VERSION_HEADER[0]}",
+        f"\t\tlb_try_duration {PROXY_TRY_DURATION}",
+        f"\t\tlb_try_interval {PROXY_TRY_INTERVAL}",
+        "\t\tlb_retry_match {",
+        "\t\t\tmethod GET HEAD",
+        "\t\t}",
+        "\t}",
     ]
+    # One ordered route: directives run as written, so the allowlist refuses outsiders before any
+    # password is checked (Caddy's default order would put basic_auth first).
+    lines += ["\troute {", *("\t" + line for line in body), "\t}", "}"]
     return "\n".join(lines) + "\n"
+
+
+def maintenance_error() -> str:
+    """The registry-style error body a write gets during a maintenance window."""
+    message = "registry is read-only for maintenance (garbage collection, backup or restore); retry in a few minutes"
+    return json.dumps({"errors": [{"code": "UNAVAILABLE", "message": message}]}, separators=(",", ":"))
 
 
 def basic_auth_value(username: str, password: str) -> str:

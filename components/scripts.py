@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
+from collections.abc import Mapping
 
 q = shlex.quote
 
@@ -59,6 +60,17 @@ def data_dir(path: str) -> str:
     return _script(f"install -d -m 0750 -o root -g root {q(path)}", f"echo {q(path)}")
 
 
+def registry_docker_run(
+    name: str, image: str, port: int, data_dir: str, env_file: str, env: Mapping[str, str] | None = None
+) -> str:
+    """The one `docker run` line for the registry container; `env` adds settings (the maintenance window's)."""
+    extra = "".join(f"-e {q(f'{key}={value}')} " for key, value in (env or {}).items())
+    return (
+        f"docker run -d --name {q(name)} --restart unless-stopped -p {q(f'127.0.0.1:{port}:5000')} "
+        f"-v {q(f'{data_dir}:/var/lib/registry')} --env-file {q(env_file)} {extra}{q(image)}"
+    )
+
+
 def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str) -> str:
     """Write the env file from stdin (0600), then (re)create the container and wait for /v2/."""
     return _script(
@@ -67,8 +79,7 @@ def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str)
         f"cat > {q(env_file + '.new')}",
         f"mv {q(env_file + '.new')} {q(env_file)}",
         f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
-        f"docker run -d --name {q(name)} --restart unless-stopped -p {q(f'127.0.0.1:{port}:5000')} "
-        f"-v {q(f'{data_dir}:/var/lib/registry')} --env-file {q(env_file)} {q(image)} >/dev/null",
+        f"{registry_docker_run(name, image, port, data_dir, env_file)} >/dev/null",
         "i=0",
         f"until curl -fsS -o /dev/null {q(f'http://127.0.0.1:{port}/v2/')}; do",
         "  i=$((i + 1))",
@@ -89,7 +100,7 @@ def caddy_site_install(caddyfile: str, site_file: str) -> str:
     import_line = f"import {site_file}"
     return _script(
         f"site={q(site_file)}; main={q(caddyfile)}",
-        f"[ -f \"$main\" ] || {{ echo \"Caddyfile $main not found\" >&2; exit 1; }}",
+        "[ -f \"$main\" ] || { echo \"Caddyfile $main not found\" >&2; exit 1; }",
         "umask 027",
         'tmp=$(mktemp "$site.new.XXXXXX")',
         "trap 'rm -f \"$tmp\"' EXIT",

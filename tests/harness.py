@@ -208,7 +208,10 @@ def _child_main() -> None:
     secret_exports: list[str] = []
     sys.path.insert(0, str(ROOT))
     try:
-        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+        def program() -> None:
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+
+        _sync_await(run_pulumi_func(program))
         stack = pulumi.runtime.get_root_resource()
         for key, value in getattr(stack, "outputs", {}).items():
             out = pulumi.Output.from_input(value)

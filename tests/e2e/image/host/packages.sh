@@ -14,3 +14,10 @@ apt-get clean
 
 systemctl is-active --quiet docker || { systemctl status docker --no-pager; exit 1; }
 docker info --format '{{.Driver}}'
+
+# The outer overlayfs cannot rename directories that come from a lower image
+# layer (EXDEV), and dockerd renames some at start. So no engine data goes into
+# this image: stage 3 starts from empty /var/lib/{docker,containerd}, and test
+# hosts run with anonymous volumes there (Docker copies the image content in).
+systemctl stop docker.socket docker containerd
+rm -rf /var/lib/docker /var/lib/containerd

