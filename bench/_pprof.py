@@ -111,7 +111,7 @@ def parse(data: bytes) -> Profile:
     for num, _wire, value in _fields(data):
         if num == 1 and isinstance(value, bytes):  # sample_type
             t = {n: v for n, _, v in _fields(value)}
-            raw_types.append((int(t.get(1, 0)), int(t.get(2, 0))))  # type: ignore[arg-type]
+            raw_types.append((int(t.get(1, 0)), int(t.get(2, 0))))
         elif num == 2 and isinstance(value, bytes):  # sample
             locs: list[int] = []
             vals: list[int] = []
@@ -125,13 +125,13 @@ def parse(data: bytes) -> Profile:
             loc_id, fns = 0, []
             for n, _, v in _fields(value):
                 if n == 1:
-                    loc_id = int(v)  # type: ignore[arg-type]
+                    loc_id = int(v)
                 elif n == 4 and isinstance(v, bytes):  # line
-                    fns += [int(lv) for ln, _, lv in _fields(v) if ln == 1]  # type: ignore[arg-type]
+                    fns += [int(lv) for ln, _, lv in _fields(v) if ln == 1]
             loc_fn_ids[loc_id] = fns
         elif num == 5 and isinstance(value, bytes):  # function
             f = {n: v for n, _, v in _fields(value)}
-            fn_names[int(f.get(1, 0))] = int(f.get(2, 0))  # type: ignore[arg-type]
+            fn_names[int(f.get(1, 0))] = int(f.get(2, 0))
         elif num == 6 and isinstance(value, bytes):  # string_table
             strings.append(value.decode("utf-8", "replace"))
         elif num == 10 and isinstance(value, int):  # duration_nanos

@@ -38,6 +38,7 @@ from bench._common import (
     machine_line,
     make_ca,
     rotated,
+    run_seconds,
     scratch,
 )
 from bench._fronts import (
@@ -85,13 +86,7 @@ class Client:
 
 def caddy_cpu(front: CaddyFront) -> float:
     """CPU seconds of every thread of the Caddy process, at nanosecond resolution (schedstat run time)."""
-    total = 0
-    for task in Path(f"/proc/{front.proc.pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 1e9
+    return run_seconds([front.proc.pid])
 
 
 def expect(status: int, wanted: int, what: str) -> None:
@@ -260,16 +255,16 @@ def main() -> None:
         threads = [threading.Thread(target=attacker, args=(flood // workers,), daemon=True) for _ in range(workers)]
         c0 = caddy_cpu(site)
         t0 = time.perf_counter()
-        for t in threads:
-            t.start()
+        for thread in threads:
+            thread.start()
         busy = []
         deadline = time.monotonic() + 120
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        while any(th.is_alive() for th in threads) and time.monotonic() < deadline:
             busy.append(1000 * legit.request(push_ok)[1])
             time.sleep(0.02)
         stop.set()
-        for t in threads:
-            t.join(30)
+        for thread in threads:
+            thread.join(30)
         wall = time.perf_counter() - t0
         cpu = caddy_cpu(site) - c0
         legit.close()

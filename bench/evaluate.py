@@ -80,12 +80,12 @@ GENERIC_BLOCK = """\
 """
 
 
-def request(config: dict[str, Any], preview: bool = True) -> str:
+def request(config: dict[str, Any], preview: bool = True, state: dict[str, Any] | None = None) -> str:
     """The JSON tests.harness.run_program writes to its child's stdin."""
     return json.dumps({
         "config": {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
         "secret_keys": ["sshPrivateKey", "kubeconfig"],
-        "state": {},
+        "state": state or {},
         "preview": preview,
         "stack": "test",
     })
@@ -114,9 +114,10 @@ def run_child(argv: list[str], stdin: str, expect_resources: bool = True) -> tup
 
 
 def same_registrations(a: str, b: str) -> str:
-    """Compare two harness answers the way the engine would see them: type, name, parent, inputs, options."""
+    """Compare the Kubernetes registrations (what the proposal touches) of two harness answers the way the engine
+    would see them: type, name, parent, inputs, options. (Other resources carry per-run random values.)"""
     def key(out: str) -> list[tuple[str, str, str, str, str]]:
-        regs = json.loads(out)["registrations"]
+        regs = [r for r in json.loads(out)["registrations"] if r["type"].startswith(("kubernetes:", "registry:index:Flux"))]
         return sorted((r["type"], r["name"], r["parent"], json.dumps(r["inputs"], sort_keys=True),
                        json.dumps({k: r[k] for k in ("dependencies", "additional_secret_outputs", "provider",
                                                       "delete_before_replace", "replace_on_changes")}, sort_keys=True))
@@ -124,7 +125,7 @@ def same_registrations(a: str, b: str) -> str:
 
     ka, kb = key(a), key(b)
     if ka == kb:
-        return f"identical ({len(ka)} registrations: types, names, parents, inputs, secret outputs, options)"
+        return f"identical ({len(ka)} Kubernetes registrations: types, names, parents, inputs, secret outputs, options)"
     diff = [x for x in ka if x not in kb][:2] + [x for x in kb if x not in ka][:2]
     return "DIFFERENT: " + "; ".join(" ".join(x)[:300] for x in diff)
 
@@ -171,10 +172,34 @@ def import_report(runs: list[list[tuple[int, int, int, str]]], wall: float, top:
     return lines
 
 
+def hyperfine_check(work: Path, py: str, typical: str, minimal: Path, runs: int) -> list[str]:
+    """The same two subprocesses under hyperfine, fed the request through a shell redirect."""
+    req = work / "request.json"
+    req.write_text(typical)
+    commands = {
+        "program, Flux on (typical)": f"{py} -m tests.harness < {req} > /dev/null",
+        "minimal: one RandomPassword": f"{py} -m bench._harness_child {minimal} < {req} > /dev/null",
+    }
+    export = work / "hyperfine.json"
+    subprocess.run(["hyperfine", "--warmup", "2", "--runs", str(runs), "--style", "none", "--export-json",  # noqa: S603, S607
+                    str(export), *commands.values()], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                   check=True)
+    results = json.loads(export.read_text())["results"]
+    medians = {name: r["median"] for name, r in zip(commands, results, strict=True)}
+    base = medians["minimal: one RandomPassword"]
+    lines = [f"hyperfine cross-check ({runs} runs each after 2 warm-ups, commands run in blocks, not interleaved):"]
+    for name, value in medians.items():
+        lines.append(f"  {name:<32} median {value:.3f} s  ({value / base:.2f}x minimal)")
+    lines.append(f"  command: hyperfine --warmup 2 --runs {runs} " + " ".join(f"'{c}'" for c in commands.values()))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--importtime-runs", type=int, default=3)
+    parser.add_argument("--hyperfine-runs", type=int, default=10,
+                        help="cross-check with hyperfine (not interleaved: it runs each command's runs in a block); 0 = skip")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "evaluate.txt")
     args = parser.parse_args()
     rounds = max(1, min(args.rounds, 100))
@@ -221,10 +246,12 @@ def main() -> None:
                 w[name], c[name] = variants[name]()
             wall.add_round(w)
             cpu.add_round(c)
-            log(f"round {r + 1}/{rounds}: " + " ".join(f"{k.split(',')[0]}={v:.2f}" for k, v in w.items()))
+            log(f"round {r + 1}/{rounds}: " + " ".join(f"[{list(variants).index(k)}]={v:.2f}" for k, v in w.items()))
         if proposal_ok:
+            # An update with the state of a first one, so both sides see the same generated passwords.
+            state = json.loads(child_output([py, "-m", "tests.harness"], request(TYPICAL, preview=False))[2])["state"]
             for preview in (True, False):
-                req = request(TYPICAL, preview=preview)
+                req = request(TYPICAL, preview=preview, state=state)
                 verdict = same_registrations(child_output([py, "-m", "tests.harness"], req)[2],
                                              child_output([*child, str(proposal)], req)[2])
                 report.append(f"proposal vs program, {'preview' if preview else 'update'} registrations: {verdict}")
@@ -240,6 +267,8 @@ def main() -> None:
         report += [wall.render(), "", cpu.render(), "",
                    f"tests.harness.run_program(typical, preview=True) from a test: median {statistics.median(api):.3f} s"
                    f" over {len(api)} calls", ""]
+        if args.hyperfine_runs and shutil.which("hyperfine"):
+            report += hyperfine_check(work, py, typical, minimal, max(2, min(args.hyperfine_runs, 50))) + [""]
         runs = [importtime([py, "-m", "tests.harness"], typical) for _ in range(max(1, min(args.importtime_runs, 10)))]
         program_wall = statistics.median(r["program, Flux on (typical)"] for r in wall.rounds)
         report += import_report(runs, program_wall)

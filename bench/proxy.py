@@ -45,6 +45,7 @@ from bench._common import (
     make_ca,
     rotated,
     run,
+    run_seconds,
     scratch,
 )
 from bench._fronts import (
@@ -271,6 +272,7 @@ class DockerCli:
         self.creds = creds
         self.endpoints = endpoints
         self.made_dirs: list[Path] = []
+        self.images: set[str] = set()
 
     def __enter__(self) -> DockerCli:
         certs_d = Path("/etc/docker/certs.d")
@@ -292,6 +294,8 @@ class DockerCli:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for image in sorted(self.images):  # whatever a failure left behind in the daemon
+            run(["docker", "rmi", "-f", image], env=self.env, timeout=120, check=False)
         for d in reversed(self.made_dirs):
             run(["rm", "-rf", str(d)], check=False)
 
@@ -300,6 +304,7 @@ class DockerCli:
 
     def push(self, ep: Endpoint, layout: Path, ref: str, watch: dict[str, Callable[[], float]]) -> Sample:
         full = f"{ep.host}/{ref}"
+        self.images.add(full)
         run(["skopeo", "copy", "--quiet", f"oci:{layout}:bench", f"docker-daemon:{full}"], timeout=300)
         sample = measured(["docker", "push", "--quiet", full], {**watch, **self.watch()}, env=self.env)
         run(["docker", "rmi", full], env=self.env, timeout=120)
@@ -311,10 +316,11 @@ class DockerCli:
 
     def dispose(self, ep: Endpoint, ref: str) -> None:
         run(["docker", "rmi", f"{ep.host}/{ref}"], env=self.env, timeout=120, check=False)
+        self.images.discard(f"{ep.host}/{ref}")
 
 
 def group_cpu(pgid: int) -> float:
-    return cpu_seconds(group_pids(pgid))
+    return run_seconds(group_pids(pgid))
 
 
 def docker_problem() -> str | None:
@@ -448,7 +454,7 @@ def main() -> None:
                 front = start_caddy(procs, work, name.replace("+", "-"), upstream, creds, ca, cv.transform,
                                     cv.global_options)
                 endpoints[name] = Endpoint(name, front.host, tls=cv.tls, auth=cv.auth, caddy=front,
-                                           cpu=functools.partial(cpu_seconds, [front.proc.pid]))
+                                           cpu=functools.partial(run_seconds, [front.proc.pid]))
             elif name in NGINX_VARIANTS:
                 tuned, cost = NGINX_VARIANTS[name]
                 nfront = start_nginx(procs, work, name, upstream, creds, ca, tuned=tuned, cost=cost)
@@ -467,7 +473,7 @@ def main() -> None:
             series = {f"{c} {op}": Series(f"{c} {op} of {args.size_mib} MiB", baseline="direct")
                       for c in client_objs for op in ("push", "pull")}
             cpu: dict[str, list[dict[str, float]]] = {}
-            watch_registry = functools.partial(cpu_seconds, [registry.pid])
+            watch_registry = functools.partial(run_seconds, [registry.pid])
 
             def one_round(r: int, tag: str) -> None:
                 """Every variant once per client: layouts first (untimed), then the pushes back to back in the
@@ -483,7 +489,7 @@ def main() -> None:
                     for op in ("push", "pull"):
                         for v in order:
                             ep = endpoints[v]
-                            watch = {"front": ep.cpu, "registry": watch_registry}
+                            watch: dict[str, Callable[[], float]] = {"front": ep.cpu, "registry": watch_registry}
                             if op == "push":
                                 sample = client.push(ep, lays[v], ref[v], watch)
                                 run(["rm", "-rf", str(lays[v])])

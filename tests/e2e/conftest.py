@@ -7,14 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .testhost import TestHost, TestHostError, ensure_docker, start_host
+from .testhost import HostCommandError, TestHost, TestHostError, ensure_docker, start_host
 
 HOST_NAME = os.environ.get("REGTEST_HOST_NAME", "regtest-e2e")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register the e2e marker (tests that need Docker and build/boot the test host)."""
-    config.addinivalue_line("markers", "e2e: needs root and Docker; builds and boots the disposable test host")
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +18,7 @@ def testhost() -> Iterator[TestHost]:
     try:
         ensure_docker()
         host = start_host(name=HOST_NAME)
-    except TestHostError as exc:
+    except (TestHostError, HostCommandError) as exc:
         pytest.fail(f"test host: {exc}", pytrace=False)
     try:
         yield host

@@ -112,6 +112,8 @@ def test_inner_docker_runs_registry_stand_in(testhost: TestHost) -> None:
         # Like the real image: `registry` is on PATH (for `docker exec registry registry garbage-collect ...`)
         # and the entrypoint passes subcommands and flags on to it.
         assert "2.8" in testhost.exec(f"docker exec {cid} registry --version").stdout
+        # busybox applets work, as in the Alpine-based original (e.g. a wget healthcheck).
+        assert testhost.exec(f"docker exec {cid} wget -q -O- http://127.0.0.1:5000/v2/").stdout.strip() == "{}"
         assert "2.8" in testhost.exec("docker run --rm registry:2 --version").stdout
     finally:
         testhost.exec(f"docker rm -f {cid}", check=False)
@@ -145,6 +147,19 @@ def test_k3s_stand_in_renders_registries_yaml(testhost: TestHost) -> None:
     assert testhost.exec("systemctl is-active k3s").stdout.strip() == "active"
     starts = testhost.exec("cat /var/lib/k3s-standin/starts.log").stdout.splitlines()
     assert starts and re.fullmatch(r"\S+T\S+\.\d{9}Z (absent|[0-9a-f]{64})", starts[-1])
+
+
+def test_egress_guard_keeps_the_host_to_itself(testhost: TestHost) -> None:
+    rules = testhost.exec("iptables -S OUTPUT; iptables -S DOCKER-USER; iptables -S REGTEST-EGRESS").stdout
+    assert "-A OUTPUT -j REGTEST-EGRESS" in rules and "-A DOCKER-USER -j REGTEST-EGRESS" in rules
+    assert "-j REJECT --reject-with icmp-admin-prohibited" in rules
+    # The uplink's gateway is this machine's own Docker bridge. Guarded, a connection fails with
+    # EHOSTUNREACH from the rule ("No route to host"), not with a reset from that machine.
+    gateway = testhost.exec("ip -o route show default | awk '{print $3}'").stdout.strip()
+    res = testhost.exec(f"timeout 5 bash -c 'echo > /dev/tcp/{gateway}/9'", check=False)
+    assert "No route to host" in res.stderr, res.stderr
+    inner = testhost.exec(f"docker run --rm --entrypoint wget registry:2 -q -O- http://{gateway}:9/", check=False)
+    assert inner.returncode != 0 and "No route to host" in inner.stderr, inner.stderr
 
 
 CHAIN_SETUP = r"""

@@ -52,7 +52,9 @@ DEV_NAME = "regtest-dev"
 DEFAULT_DOMAIN = "registry.e2e.test"
 ACME_CA_URL = "https://127.0.0.1:14000/dir"
 PEBBLE_LISTENER_CA = "/etc/pebble/listener-ca.pem"
-REQUIRED_UNITS = ("ssh", "containerd", "docker", "regtest-seed-images", "caddy", "pebble", "k3s")
+REQUIRED_UNITS = (
+    "regtest-egress-guard", "ssh", "containerd", "docker", "regtest-seed-images", "caddy", "pebble", "k3s",
+)  # fmt: skip
 LABEL = "io.regtest.e2e"
 
 # What the host container needs to boot systemd here (--privileged fails on this machine).
@@ -678,8 +680,12 @@ def start_host(
     key_dir: Path | None = None,
     image: str | None = None,
     timeout: float = 180,
+    allow_egress: bool = False,
 ) -> TestHost:
-    """Build images if needed and start a fresh host container (replacing one of that name)."""
+    """Build images if needed and start a fresh host container (replacing one of that name).
+
+    The host can only reach itself and its containers unless allow_egress (regtest-egress-guard).
+    """
     image = image or build_images().host
     key = ensure_keypair(key_dir or default_key_dir(name))
     docker("rm", "-f", "-v", name, check=False)
@@ -689,7 +695,7 @@ def start_host(
         res = run(
             ["docker", "run", "-d", "--name", name, "--hostname", name, *SYSTEMD_RUN_FLAGS, *HOST_VOLUMES,
              "--label", f"{LABEL}=host", "--label", f"{LABEL}.domain={domain}", "--label", f"{LABEL}.key={key}",
-             "--add-host", f"{domain}:127.0.0.1",
+             "--add-host", f"{domain}:127.0.0.1", *(["-e", "REGTEST_ALLOW_EGRESS=1"] if allow_egress else []),
              "-p", f"127.0.0.1:{ssh_port}:22", "-p", f"127.0.0.1:{https_port}:443",
              image, "/sbin/init"],
             check=False, timeout=120,

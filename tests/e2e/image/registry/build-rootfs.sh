@@ -1,14 +1,16 @@
 #!/bin/bash
 # Runs inside a throw-away container of the host package image (Debian bookworm).
 # Assembles the root of a registry:2 stand-in from Debian's docker-registry
-# (Distribution 2.8.2) and busybox-static, and writes it as a tar to stdout.
+# (Distribution 2.8.2) and busybox, and writes it as a tar to stdout.
 # The recipe folder is mounted at /recipe.
 set -euo pipefail
 exec 3>&1 1>&2   # keep stdout for the tar only
 
 work=$(mktemp -d)
 cd "$work"
-apt-get download docker-registry busybox-static
+# Debian's dynamic busybox, not busybox-static: the static one's wget/nslookup crash
+# (static glibc and NSS); the official image's busybox wget works.
+apt-get download docker-registry busybox
 mkdir pkg root
 for deb in ./*.deb; do dpkg-deb -x "$deb" pkg; done
 
@@ -21,8 +23,8 @@ install -m 0755 pkg/bin/busybox root/bin/busybox
 for applet in $(root/bin/busybox --list); do
   [ -e "root/bin/$applet" ] || ln -s busybox "root/bin/$applet"
 done
-# The registry binary is dynamically linked against glibc only; copy what ldd names.
-ldd pkg/usr/bin/docker-registry | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' |
+# Both binaries are dynamically linked against glibc (busybox also libresolv); copy what ldd names.
+ldd pkg/usr/bin/docker-registry pkg/bin/busybox | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | sort -u |
   while read -r lib; do cp -L "$lib" "root$lib"; done
 cp -L /etc/ssl/certs/ca-certificates.crt root/etc/ssl/certs/ca-certificates.crt
 install -m 0644 /recipe/config.yml root/etc/docker/registry/config.yml
