@@ -266,8 +266,6 @@ class DockerCli:
 
     def __init__(self, work: Path, ca: TestCA, creds: Credentials, endpoints: list[Endpoint]) -> None:
         self.env = {"DOCKER_CONFIG": str(work / "docker-config")}
-        pid_file = Path("/var/run/docker.pid")
-        self.dockerd = int(pid_file.read_text().strip()) if pid_file.exists() else 0
         self.ca = ca
         self.creds = creds
         self.endpoints = endpoints
@@ -299,8 +297,16 @@ class DockerCli:
         for d in reversed(self.made_dirs):
             run(["rm", "-rf", str(d)], check=False)
 
+    @staticmethod
+    def dockerd_cpu() -> float:
+        pid_file = Path("/var/run/docker.pid")  # read each time: the engine may have been restarted
+        try:
+            return cpu_seconds([int(pid_file.read_text().strip())], children=True)
+        except (OSError, ValueError):
+            return 0.0
+
     def watch(self) -> dict[str, Callable[[], float]]:
-        return {"dockerd": lambda: cpu_seconds([self.dockerd], children=True)} if self.dockerd else {}
+        return {"dockerd": self.dockerd_cpu}
 
     def push(self, ep: Endpoint, layout: Path, ref: str, watch: dict[str, Callable[[], float]]) -> Sample:
         full = f"{ep.host}/{ref}"
@@ -323,9 +329,20 @@ def group_cpu(pgid: int) -> float:
     return run_seconds(group_pids(pgid))
 
 
+def docker_answers(wait: float = 90.0) -> bool:
+    """Whether the outer Docker engine answers, waiting up to `wait` seconds (other work may restart it)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if run(["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30).returncode == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(2)
+
+
 def docker_problem() -> str | None:
     """Why the Docker CLI variant cannot run here, or None."""
-    if run(["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30).returncode != 0:
+    if not docker_answers():
         return "the outer Docker engine does not answer (`docker info` fails); start it with tests/e2e/start-dockerd.sh"
     if os.geteuid() != 0:
         return "writing /etc/docker/certs.d/<host:port>/ca.crt needs root"
@@ -475,30 +492,47 @@ def main() -> None:
             cpu: dict[str, list[dict[str, float]]] = {}
             watch_registry = functools.partial(run_seconds, [registry.pid])
 
+            discarded: list[str] = []
+
             def one_round(r: int, tag: str) -> None:
                 """Every variant once per client: layouts first (untimed), then the pushes back to back in the
-                round's rotated order, then the pulls, so the variants compared share the same minute."""
+                round's rotated order, then the pulls, so the variants compared share the same minute. A client's
+                round that fails (e.g. the shared Docker engine restarted under us) is discarded as a whole."""
                 order = rotated(variants, r)
                 for cname, client in client_objs.items():
-                    lays = {}
-                    for v in order:
-                        lays[v] = layouts / f"{tag}-{cname}-{v}"
-                        make_layout(lays[v], size, "bench")
+                    lays = {v: layouts / f"{tag}-{cname}-{v}" for v in order}
                     ref = {v: f"bench/{v.replace('+', '-')}-{cname}:{tag}" for v in order}
                     got: dict[str, dict[str, float]] = {"push": {}, "pull": {}}
-                    for op in ("push", "pull"):
+                    samples: dict[str, dict[str, float]] = {}
+                    try:
                         for v in order:
-                            ep = endpoints[v]
-                            watch: dict[str, Callable[[], float]] = {"front": ep.cpu, "registry": watch_registry}
-                            if op == "push":
-                                sample = client.push(ep, lays[v], ref[v], watch)
-                                run(["rm", "-rf", str(lays[v])])
-                            else:
-                                sample = client.pull(ep, ref[v], watch)
-                                client.dispose(ep, ref[v])
-                            got[op][v] = sample.wall
-                            cpu.setdefault(f"{cname} {op} {v}", []).append(sample.cpu)
+                            make_layout(lays[v], size, "bench")
+                        for op in ("push", "pull"):
+                            for v in order:
+                                ep = endpoints[v]
+                                watch: dict[str, Callable[[], float]] = {"front": ep.cpu, "registry": watch_registry}
+                                if op == "push":
+                                    sample = client.push(ep, lays[v], ref[v], watch)
+                                    run(["rm", "-rf", str(lays[v])])
+                                else:
+                                    sample = client.pull(ep, ref[v], watch)
+                                    client.dispose(ep, ref[v])
+                                got[op][v] = sample.wall
+                                samples[f"{cname} {op} {v}"] = sample.cpu
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        discarded.append(f"round {r + 1} {cname}: {str(exc).splitlines()[0][:200]}")
+                        log(f"round {r + 1} {cname} DISCARDED: {exc}")
+                        for v in order:
+                            run(["rm", "-rf", str(lays[v])])
+                            client.dispose(endpoints[v], ref[v])
+                        if len(discarded) > rounds:
+                            raise RuntimeError("too many failed rounds: " + "; ".join(discarded)) from exc
+                        if cname == "docker":
+                            docker_answers()
+                        continue
                     if r >= 0:
+                        for key, value in samples.items():
+                            cpu.setdefault(key, []).append(value)
                         for op, values in got.items():
                             series[f"{cname} {op}"].add_round(values)
                         log(f"round {r + 1}/{rounds} {cname}: " + "; ".join(
@@ -506,7 +540,7 @@ def main() -> None:
 
             log(f"warm-up: one untimed push+pull per variant and client ({machine_line()})")
             one_round(-1, "warmup")
-            cpu.clear()
+            discarded.clear()
             for r in range(rounds):
                 one_round(r, f"r{r}")
             profile_text = ""
@@ -518,7 +552,7 @@ def main() -> None:
               f"registry: Debian docker-registry (Distribution 2.8) on {upstream}; fronts on loopback with TLS "
               f"(test CA, ECDSA P-256) and basic auth; {rounds} rounds, fresh random "
               f"{args.size_mib} MiB layer per push; each round: all pushes back to back in a rotated order, "
-              "then all pulls", *skipped, "variants:"]
+              "then all pulls", *skipped, *(f"discarded: {d}" for d in discarded), "variants:"]
     for v in variants:
         note = "the registry itself, plain HTTP" if v == "direct" else (
             CADDY_VARIANTS[v].note if v in CADDY_VARIANTS else NGINX_NOTES[v])

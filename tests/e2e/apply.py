@@ -145,10 +145,13 @@ def format_plan(steps: Sequence[replay.Step], result: replay.ApplyResult | None)
         status = "" if result is None else result.status.get(step.urn, "ok")
         seconds = "" if result is None else f"{result.durations.get(step.urn, 0.0):6.2f}s"
         how = "" if step.applied else " (recorded, not applied)"
-        diff = f" [{', '.join(step.diff)}]" if step.diff and step.op in ("update", "replace") else ""
+        keys = [f"{k}?" if k in step.unknown else k for k in step.diff]
+        diff = f" [{', '.join(keys)}]" if keys and step.op in ("update", "replace") else ""
         rows.append(f" {symbols[step.op]:>2} {step.name:<28} {step.op:<8} {seconds:>8} {status}{how}{diff}")
     unchanged = sum(1 for s in steps if s.op == "same")
     rows.append(f"    {len(steps) - unchanged} to change, {unchanged} unchanged")
+    if any(s.unknown for s in steps):
+        rows.append("    key?: computed from another resource's outputs, unknown until apply (may turn out unchanged)")
     return "\n".join(rows)
 
 
@@ -216,8 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Outputs:")
         print(format_outputs(outcome.run, args.show_secrets))
         print(
-            f"\nhttps: curl --resolve {host.domain}:{host.https_port}:127.0.0.1 https://{host.domain}:{host.https_port}/v2/"
-            f"  (inside: docker exec -it {host.name} bash)"
+            f"\nFrom this machine (bash): curl --cacert <(docker exec {host.name} pebble-root) "
+            f"--resolve {host.domain}:{host.https_port}:127.0.0.1 https://{host.domain}:{host.https_port}/v2/"
+            f"\nOn the host: docker exec -it {host.name} bash"
         )
         return 0 if result.ok else 1
     return 0

@@ -21,6 +21,8 @@ AUTH_DIR = f"{WORK}/auth"
 REGISTRY_CA_FILE = "/etc/rancher/k3s/registry-ca.pem"
 """Where registryCaFile points: the CA k3s's containerd trusts for the registry."""
 STARTS_LOG = "/var/lib/k3s-standin/starts.log"
+PEBBLE_CONFIG = "/etc/pebble/pebble-config.json"
+CADDY_DATA = "/var/lib/caddy/.local/share/caddy"
 
 q = shlex.quote
 
@@ -48,6 +50,22 @@ class Clients:
             f"install -d -m 0700 {WORK} {AUTH_DIR} && install -d -m 0755 {CERT_DIR} /etc/rancher/k3s && "
             f"pebble-root {CERT_DIR}/ca.crt && pebble-root {REGISTRY_CA_FILE}"
         )
+
+    def pebble_tls_port(self, port: int) -> None:
+        """Where Pebble validates TLS-ALPN-01; a closed port leaves HTTP-01 as the only challenge that can pass."""
+        self.sh(f'sed -i \'s/"tlsPort": *[0-9]*/"tlsPort": {port}/\' {PEBBLE_CONFIG} && systemctl restart pebble')
+        self.trust_pebble()
+
+    def forget_certificates(self) -> None:
+        """Drop Caddy's certificates and ACME accounts, so the next site gets a freshly issued certificate."""
+        self.sh(f"rm -rf {CADDY_DATA}/certificates {CADDY_DATA}/acme {CADDY_DATA}/ocsp && systemctl restart caddy")
+
+    def now(self) -> int:
+        """The host's clock, for `journalctl --since @SECONDS`."""
+        return int(self.sh("date +%s").stdout)
+
+    def journal(self, unit: str, since: int) -> str:
+        return self.sh(f"journalctl -u {q(unit)} -o cat --no-pager --since @{since}").stdout
 
     def authfile(self, name: str, config_json: str) -> str:
         """Write a Docker config.json (from stdin) as a 0600 file; returns its path."""

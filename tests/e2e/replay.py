@@ -8,6 +8,7 @@ modelled on Pulumi 3.272 and pulumi-command 1.2.1. Kubernetes and random resourc
 from __future__ import annotations
 
 import base64
+import codecs
 import io
 import json
 import os
@@ -37,10 +38,6 @@ Console = Callable[[str], None]
 
 def is_command(typ: str) -> bool:
     return typ == COMMAND
-
-
-def is_kubernetes(typ: str) -> bool:
-    return typ.startswith("kubernetes:") or typ.startswith("pulumi:providers:kubernetes")
 
 
 # --- Go formatting the provider's errors use --------------------------------------------------------------
@@ -236,10 +233,10 @@ class SshRunner:
         message.add_string(key)
         message.add_string(value)
         self._count(env_requests=1)
-        channel._event_pending()  # noqa: SLF001 - paramiko has no public request-with-reply API
-        channel.transport._send_user_message(message)  # noqa: SLF001
+        channel._event_pending()  # paramiko has no public request-with-reply API
+        channel.transport._send_user_message(message)
         try:
-            channel._wait_for_event()  # noqa: SLF001
+            channel._wait_for_event()
         except paramiko.SSHException as exc:
             raise _SetenvRefused(key) from exc
 
@@ -306,6 +303,7 @@ class SshRunner:
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
         out, err, both = bytearray(), bytearray(), bytearray()
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")}
 
         def take(stream: str) -> bool:
             ready = channel.recv_ready() if stream == "stdout" else channel.recv_stderr_ready()
@@ -315,7 +313,7 @@ class SshRunner:
             (out if stream == "stdout" else err).extend(data)
             both.extend(data)
             if on_output:
-                on_output(stream, data.decode("utf-8", "replace"))
+                on_output(stream, decoders[stream].decode(data))
             return True
 
         while True:
@@ -412,6 +410,13 @@ class Step:
     dependencies: list[str]
     diff: list[str] = field(default_factory=list)
     delete_before_replace: bool = False
+
+    @property
+    def unknown(self) -> list[str]:
+        """Changed inputs a preview cannot know yet: computed from other resources' outputs."""
+        if self.new is None:
+            return []
+        return [k for k in self.diff if contains_unknown(self.new["inputs"].get(k))]
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

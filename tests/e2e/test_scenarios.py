@@ -30,6 +30,7 @@ STACK = "e2e"
 SITE_FILE = "/etc/caddy/registry.caddy"
 REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
 ENV_FILE = "/etc/registry/registry.env"
+PEBBLE_CLOSED_PORT = 5443
 CORE_COMMANDS = (
     "host-preflight",
     "host-data-dir",
@@ -53,13 +54,16 @@ class Stack:
     console: list[str] = field(default_factory=list)
     samples: list[str] = field(default_factory=list)
     secrets_seen: set[str] = field(default_factory=set)
+    since: int = 0
+    """Host clock when the fresh apply started (journal checks)."""
 
     def apply(self, **changes: str) -> replay.ApplyResult:
         self.config.update(changes)
         lines: list[str] = []
         outcome = e2e_apply.up(self.config, self.state_dir, stack=STACK, console=lines.append)
         assert outcome.result is not None
-        self.run, self.console = outcome.run, [*self.console, *lines]
+        self.run = outcome.run
+        self.console.extend(lines)
         self.history.append(outcome.result)
         self.secrets_seen |= set(self.secrets().values())
         return outcome.result
@@ -110,15 +114,24 @@ def host_config(host: TestHost) -> dict[str, Any]:
 def stack(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A fresh apply to the test host, with the host's process table sampled throughout."""
     clients = Clients(testhost)
-    clients.trust_pebble()
+    # Caddy picks HTTP-01 or TLS-ALPN-01 at random; with Pebble checking TLS-ALPN on a closed port only HTTP-01
+    # can pass. Earlier modules may have left a certificate behind: start without one.
+    clients.pebble_tls_port(PEBBLE_CLOSED_PORT)
+    clients.forget_certificates()
     s = Stack(testhost, clients, e2e_apply.StateDir(tmp_path_factory.mktemp("e2e-state")), host_config(testhost))
-    with ProcessSampler(testhost) as sampler:
-        t0 = time.monotonic()
-        result = s.apply()
-        print(f"\nfresh apply: {time.monotonic() - t0:.1f}s, {result.stats}")
-    s.samples.extend(sampler.samples)
-    assert result.ok, f"fresh apply failed:\n{result.error}"
-    yield s
+    s.since = clients.now()
+    try:
+        with ProcessSampler(testhost) as sampler:
+            t0 = time.monotonic()
+            result = s.apply()
+            print(f"\nfresh apply: {time.monotonic() - t0:.1f}s, {result.stats}")
+        s.samples.extend(sampler.samples)
+        assert result.ok, f"fresh apply failed:\n{result.error}"
+        yield s
+    finally:
+        if s.state_dir.replay_state().resources:  # a test stopped before the destroy scenario: leave the host clean
+            e2e_apply.down(s.state_dir, console=lambda _line: None)
+        clients.pebble_tls_port(443)
 
 
 def ops(result: replay.ApplyResult) -> dict[str, str]:
@@ -173,11 +186,14 @@ def test_caddy_serves_a_pebble_certificate_obtained_through_http01(stack: Stack)
     assert "Verify return code: 0 (ok)" in s_client, s_client[-2000:]
     assert "Pebble Intermediate CA" in s_client
     assert f"CN={c.domain}" in s_client.replace(" = ", "=")
-    pebble_log = c.sh("journalctl -u pebble -o cat --no-pager").stdout
+    pebble_log = c.journal("pebble", stack.since)
     assert f"Attempting to validate w/ HTTP: http://{c.domain}:80/.well-known/acme-challenge/" in pebble_log
-    caddy_log = c.sh("journalctl -u caddy -o cat --no-pager").stdout
-    assert '"challenge_type":"http-01"' in caddy_log and "certificate obtained successfully" in caddy_log
-    assert "tls-alpn-01" not in caddy_log
+    assert "set VALID by completed challenge" in pebble_log
+    caddy_log = [json.loads(line) for line in c.journal("caddy", stack.since).splitlines() if line.startswith("{")]
+    solving = [e["challenge_type"] for e in caddy_log if e.get("msg") == "trying to solve challenge"]
+    obtained = [e for e in caddy_log if e.get("msg") == "certificate obtained successfully"]
+    assert solving and solving[-1] == "http-01", solving
+    assert [e["identifier"] for e in obtained] == [c.domain]
 
 
 def test_anonymous_and_wrong_password_get_401_with_a_basic_challenge(stack: Stack) -> None:
@@ -408,3 +424,30 @@ def test_secrets_never_reach_argv_world_readable_files_or_output(stack: Stack, t
     outputs += [*stack.console, cli.stdout, cli.stderr]
     leaked = [s for s in secrets if any(s in text for text in outputs)]
     assert leaked == [], "secrets in captured command output or the console"
+
+
+# --- h ----------------------------------------------------------------------------------------------------
+
+
+def test_destroy_runs_every_delete_dependents_first_and_keeps_the_data(stack: Stack) -> None:
+    c = stack.clients
+    state = stack.state_dir.replay_state()
+    dependents = {
+        entry["name"]: {state.resources[d]["name"] for d in entry["dependencies"] if d in state.resources}
+        for entry in state.resources.values()
+    }
+    result = e2e_apply.down(stack.state_dir, console=stack.console.append)
+    assert result.ok, result.error
+    assert stack.state_dir.replay_state().resources == {} and stack.state_dir.program_state() == {}
+    assert {e.phase for e in result.executions} == {"delete"}
+    runs = {e.name: e for e in result.executions}
+    for name, deps in dependents.items():
+        for dep in deps & set(runs):
+            if name in runs:
+                assert runs[name].ended <= runs[dep].started, f"{dep} was deleted before {name}, which uses it"
+    assert c.sh("docker ps -aq --filter name=^registry$").stdout.strip() == ""
+    assert c.sh(f"ls {SITE_FILE} {REGISTRIES_YAML} 2>/dev/null || true").stdout.strip() == ""
+    assert "registry.caddy" not in c.sh("cat /etc/caddy/Caddyfile").stdout
+    assert c.sh("systemctl is-active caddy").stdout.strip() == "active"  # the host's other sites keep running
+    assert c.sh("find /srv/data/registry -type f | head -n 1").stdout.strip()  # the images stay
+    assert c.sh("ss -Hltn 'sport = :5000'").stdout.strip() == ""
