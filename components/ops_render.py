@@ -16,20 +16,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.render import MAINTENANCE_FLAG
-from components.scripts import q, registry_docker_run
+from components.scripts import DRAIN_ENV, MAINTENANCE_LOCK, STOP_TIMEOUT, q, registry_docker_run
 
 MAINTENANCE_SCRIPT = "/usr/local/sbin/registry-maintenance"
 UNIT_DIR = "/etc/systemd/system"
 GC_UNIT = "registry-gc"
 BACKUP_UNIT = "registry-backup"
 RECOVER_UNIT = "registry-maintenance-recover"
-LOCK_FILE = "/run/lock/registry-maintenance.lock"
+LOCK_FILE = MAINTENANCE_LOCK
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 """The config file inside the registry:2 image; garbage-collect reads it (plus the container's env)."""
 READ_ONLY_ENV = {"REGISTRY_STORAGE_MAINTENANCE_READONLY": '{"enabled":true}'}
-# On SIGTERM the registry finishes requests in flight (a long blob download) before it exits.
-DRAIN_ENV = {"REGISTRY_HTTP_DRAINTIMEOUT": "20s"}
-STOP_TIMEOUT = 25
 
 PROBE_REPOSITORY = "ops/verify-probe"
 PROBE_TAG = "v1"

@@ -12,6 +12,11 @@ from collections.abc import Mapping
 q = shlex.quote
 
 MIN_CADDY = (2, 8)
+MAINTENANCE_LOCK = "/run/lock/registry-maintenance.lock"
+"""Held by every step that stops or recreates the registry container (deploys, GC, backups, restore)."""
+DRAIN_ENV = {"REGISTRY_HTTP_DRAINTIMEOUT": "20s"}
+"""On SIGTERM the registry finishes requests in flight (a long blob download) before it exits."""
+STOP_TIMEOUT = 25
 
 
 def as_root(script: str, prefix: str) -> str:
@@ -78,8 +83,12 @@ def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str)
         f"install -d -m 0700 {q(posixpath.dirname(env_file))}",
         f"cat > {q(env_file + '.new')}",
         f"mv {q(env_file + '.new')} {q(env_file)}",
+        # Never swap the container under a GC or backup window: wait for it to end.
+        f"exec 9>{q(MAINTENANCE_LOCK)}",
+        "flock -w 900 9 || { echo 'a registry maintenance window (GC, backup or restore) still runs after 15 minutes; retry later' >&2; exit 1; }",
+        f"docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true",
         f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
-        f"{registry_docker_run(name, image, port, data_dir, env_file)} >/dev/null",
+        f"{registry_docker_run(name, image, port, data_dir, env_file, DRAIN_ENV)} >/dev/null",
         "i=0",
         f"until curl -fsS -o /dev/null {q(f'http://127.0.0.1:{port}/v2/')}; do",
         "  i=$((i + 1))",

@@ -21,7 +21,7 @@ from components.config import SCHEMA, ConfigError, parse_settings
 from components.ops_render import MaintenanceSpec, VerifySpec
 from components.registry import CONTAINER, ENV_FILE
 from components.render import MAINTENANCE_FLAG
-from components.scripts import registry_docker_run, registry_run
+from components.scripts import DRAIN_ENV, registry_docker_run, registry_run
 from tests.harness import ROOT, ProgramRun, Registration, is_secret
 from tests.unit.support import DOMAIN, TYPICAL, Programs, exposed_strings, password, tool
 
@@ -81,15 +81,19 @@ def heredoc_files(install: str) -> dict[str, str]:
 
 def test_maintenance_relaunches_the_container_exactly_as_the_program_creates_it() -> None:
     script = ops_render.render_maintenance_script(SPEC)
-    program = registry_docker_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
+    program = registry_docker_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE, DRAIN_ENV)
     assert program in registry_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
     read_write = next(line for line in script.splitlines() if line.startswith("launch_read_write()"))
     read_only = next(line for line in script.splitlines() if line.startswith("launch_read_only()"))
-    extra_rw = "-e REGISTRY_HTTP_DRAINTIMEOUT=20s "
-    extra_ro = extra_rw + "-e 'REGISTRY_STORAGE_MAINTENANCE_READONLY={\"enabled\":true}' "
+    extra_ro = "-e 'REGISTRY_STORAGE_MAINTENANCE_READONLY={\"enabled\":true}' "
     image = f" {SPEC.image}"
-    assert read_write == "launch_read_write() { " + program.replace(image, f" {extra_rw.strip()}{image}") + "; }"
+    assert read_write == "launch_read_write() { " + program + "; }"
     assert read_only == "launch_read_only() { " + program.replace(image, f" {extra_ro.strip()}{image}") + "; }"
+
+
+def test_deploys_and_maintenance_windows_share_one_lock() -> None:
+    assert f"exec 9>{ops_render.LOCK_FILE}" in registry_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
+    assert "flock" in ops_render.render_maintenance_script(SPEC)
 
 
 def test_read_only_switch_is_json_distribution_parses() -> None:
