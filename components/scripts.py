@@ -52,7 +52,7 @@ def preflight(require_k3s: bool, k3s_service: str) -> str:
             f"fail {q(f'k3s is not installed: systemd unit {k3s_service}.service not found (set k3sTrust=false to skip the trust file)')}"
         )
     lines += [
-        "holders=$(ss -Hltnp 'sport = :80 or sport = :443' 2>/dev/null | grep -v 'users:((\"caddy\"' || true)",
+        "holders=$(ss -Hltnp 'sport = :80 or sport = :443' 2>/dev/null | grep 'users:((' | grep -v 'users:((\"caddy\"' || true)",
         "[ -z \"$holders\" ] || fail \"ports 80/443 are held by something other than Caddy: $holders\"",
         "if [ -n \"$problems\" ]; then printf '%s' \"$problems\" >&2; exit 1; fi",
         "echo 'preflight: ok'",

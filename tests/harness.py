@@ -146,7 +146,7 @@ def _fake_outputs(typ: str, inputs: dict[str, Any], previous: dict[str, Any] | N
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
         outputs.update(result=password, bcryptHash=hashed)
     elif typ == "command:remote:Command":
-        if previous is not None and not preview:
+        if previous is not None:  # an update keeps the previous outputs, in preview too
             outputs.update(stdout=previous["outputs"].get("stdout", ""), stderr="")
         elif not preview:
             outputs.update(stdout="", stderr="")

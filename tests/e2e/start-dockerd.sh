@@ -32,13 +32,12 @@ if docker info >/dev/null 2>&1; then
   exit 0
 fi
 
-if pgrep -x dockerd >/dev/null 2>&1; then
+# Only the daemon in /var/run/docker.pid counts: test hosts run dockerd processes of their own.
+if [ -f /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
   echo "start-dockerd: dockerd process exists but does not answer yet; waiting" >&2
 else
   # A stale pid file from a killed daemon blocks a new start.
-  if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
-    rm -f /var/run/docker.pid
-  fi
+  rm -f /var/run/docker.pid
   echo "start-dockerd: starting dockerd (log: $log)" >&2
   nohup dockerd >"$log" 2>&1 &
 fi

@@ -239,7 +239,7 @@ def test_reapply_without_changes_runs_nothing_and_restarts_nothing(stack: Stack)
     before = (c.starts(), c.caddy_state(), c.inspect_container()["State"]["StartedAt"])
     result = stack.apply()
     assert result.ok, result.error
-    assert ops(result) == {}
+    assert [(s.name, s.op, s.diff) for s in result.changed()] == []
     assert result.executions == []
     assert result.stats.connections == 0 and result.stats.sessions == 0
     after = (c.starts(), c.caddy_state(), c.inspect_container()["State"]["StartedAt"])

@@ -102,10 +102,10 @@ def test_sshd_refuses_env_other_than_lang_and_lc(testhost: TestHost) -> None:
 def test_inner_docker_runs_registry_stand_in(testhost: TestHost) -> None:
     # Engine data is on a volume (not overlayfs), so the inner Docker uses overlay2 like a real host.
     assert testhost.exec("docker info --format '{{.Driver}}'").stdout.strip() == "overlay2"
-    cid = testhost.exec("docker run -d --rm -p 127.0.0.1:5000:5000 registry:2").stdout.strip()
+    cid = testhost.exec("docker run -d --rm -p 127.0.0.1:5099:5000 registry:2").stdout.strip()
     try:
         code = testhost.exec(
-            "for i in $(seq 50); do c=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5000/v2/) "
+            "for i in $(seq 50); do c=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:5099/v2/) "
             '&& [ "$c" = 200 ] && break; sleep 0.2; done; echo "$c"'
         ).stdout.strip()
         assert code == "200"
@@ -164,7 +164,7 @@ def test_egress_guard_keeps_the_host_to_itself(testhost: TestHost) -> None:
 
 CHAIN_SETUP = r"""
 set -e
-docker run -d --name regtest-chain -p 127.0.0.1:5000:5000 registry:2 >/dev/null
+docker run -d --name regtest-chain -p 127.0.0.1:5099:5000 registry:2 >/dev/null
 hash=$(caddy hash-password --plaintext pullpw)
 cp /etc/caddy/Caddyfile /root/Caddyfile.orig
 cat > /etc/caddy/Caddyfile <<CADDY
@@ -176,7 +176,7 @@ DOMAIN {
 	basic_auth {
 		robot $hash
 	}
-	reverse_proxy 127.0.0.1:5000
+	reverse_proxy 127.0.0.1:5099
 }
 CADDY
 systemctl reload caddy
