@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from tests.e2e import apply as e2e_apply
 from tests.e2e.testhost import TestHost
 
 WORK = "/root/e2e"
@@ -208,3 +209,18 @@ class ProcessSampler:
         except subprocess.TimeoutExpired:
             self._proc.kill()
         self._thread.join(timeout=5)
+
+
+def stack_config(host: TestHost, **overrides: str) -> dict[str, str]:
+    """Stack config for a program run against the test host: its SSH details, the test domain and Pebble."""
+    return {
+        "host": host.ssh_host,
+        "sshUser": host.user,
+        **e2e_apply.host_config(host),
+        "domain": host.domain,
+        "acmeCaUrl": host.acme_ca_url,
+        "acmeCaRoot": host.acme_ca_root,
+        "acmeEmail": "ops@example.com",
+        "registryCaFile": REGISTRY_CA_FILE,
+        **overrides,
+    }

@@ -841,6 +841,10 @@ def apply(
         deferred.extend(result)
     if not engine.errors:
         _run_deletes(engine, steps, deferred)
+    return _result(engine, steps, runner, state, started)
+
+
+def _result(engine: _Engine, steps: list[Step], runner: SshRunner, state: ReplayState, started: float) -> ApplyResult:
     return ApplyResult(
         steps,
         engine.executions,
@@ -897,15 +901,4 @@ def destroy(
     )
     engine = _Engine(runner, state, console, False, max_workers)
     _run_deletes(engine, steps, [])
-    return ApplyResult(
-        steps,
-        engine.executions,
-        engine.status,
-        engine.errors,
-        engine.console,
-        runner.stats,
-        state,
-        started,
-        time.time(),
-        engine.durations,
-    )
+    return _result(engine, steps, runner, state, started)

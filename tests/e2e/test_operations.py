@@ -20,7 +20,7 @@ from components import ops_render
 from components.render import MAINTENANCE_FLAG
 from tests.e2e import apply as e2e_apply
 from tests.e2e import replay
-from tests.e2e.clients import CERT_DIR, REGISTRY_CA_FILE, Clients
+from tests.e2e.clients import CERT_DIR, Clients, stack_config
 from tests.e2e.testhost import TestHost
 
 pytestmark = pytest.mark.e2e
@@ -107,20 +107,7 @@ class Ops:
 
 
 def host_config(host: TestHost) -> dict[str, Any]:
-    return {
-        "host": host.ssh_host,
-        "sshUser": host.user,
-        **e2e_apply.host_config(host),
-        "domain": host.domain,
-        "acmeCaUrl": host.acme_ca_url,
-        "acmeCaRoot": host.acme_ca_root,
-        "acmeEmail": "ops@example.com",
-        "registryCaFile": REGISTRY_CA_FILE,
-        "flux": "false",
-        "gcSchedule": NEVER,
-        "backupSchedule": NEVER,
-        "backupKeep": str(KEEP),
-    }
+    return stack_config(host, flux="false", gcSchedule=NEVER, backupSchedule=NEVER, backupKeep=str(KEEP))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import yaml
 
 from tests.e2e import apply as e2e_apply
 from tests.e2e import replay
-from tests.e2e.clients import REGISTRY_CA_FILE, Clients, ProcessSampler
+from tests.e2e.clients import Clients, ProcessSampler, stack_config
 from tests.e2e.testhost import TestHost
 from tests.harness import ROOT, ProgramRun
 
@@ -96,18 +96,7 @@ class Stack:
 
 
 def host_config(host: TestHost) -> dict[str, Any]:
-    return {
-        "host": host.ssh_host,
-        "sshUser": host.user,
-        **e2e_apply.host_config(host),
-        "domain": host.domain,
-        "acmeCaUrl": host.acme_ca_url,
-        "acmeCaRoot": host.acme_ca_root,
-        "acmeEmail": "ops@example.com",
-        "registryCaFile": REGISTRY_CA_FILE,
-        "credentialRotation": "1",
-        "flux": "true",
-    }
+    return stack_config(host, credentialRotation="1", flux="true")
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,21 @@ PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAAunit
 KUBECONFIG = "apiVersion: v1\nkind: Config\nclusters:\n- name: unit-test-only\n  cluster: {server: 'https://10.0.0.1:6443'}\n"
 
 
+def shellcheck(tmp_path: Path, scripts: dict[str, str]) -> None:
+    """Assert every script passes shellcheck as POSIX sh, at style severity."""
+    import subprocess
+
+    files = []
+    for name, text in sorted(scripts.items()):
+        path = tmp_path / f"{name}.sh"
+        path.write_text(text)
+        files.append(str(path))
+    result = subprocess.run(
+        [tool("shellcheck"), "--shell=sh", "--severity=style", *files], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def tool(name: str) -> str:
     """A tool installed in this virtualenv (requirements-dev.txt), else from PATH; fails loudly when missing."""
     venv_bin = str(Path(sys.executable).parent)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import ROOT, ProgramRun
-from tests.unit.support import TYPICAL, Programs, tool
+from tests.unit.support import TYPICAL, Programs, shellcheck, tool
 
 # Together these reach every branch of the script renderers: sudo or not, k3s checks on or off, every option set.
 VARIANTS = {
@@ -46,15 +46,7 @@ def test_every_script_sent_to_the_host_passes_shellcheck(
     scripts = sent_scripts(programs.ok(config))
     expected = {"host-preflight.create", "host-data-dir.create", "registry-container.create", "caddy-site-file.delete"}
     assert expected <= set(scripts)
-    files = []
-    for name, script in sorted(scripts.items()):
-        path = tmp_path / f"{name}.sh"
-        path.write_text(script)
-        files.append(str(path))
-    result = subprocess.run(
-        [tool("shellcheck"), "--shell=sh", "--severity=style", *files], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    shellcheck(tmp_path, scripts)
 
 
 def test_shellcheck_is_not_vacuous(tmp_path: Path) -> None:

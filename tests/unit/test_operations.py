@@ -23,7 +23,7 @@ from components.registry import CONTAINER, ENV_FILE
 from components.render import MAINTENANCE_FLAG
 from components.scripts import DRAIN_ENV, registry_docker_run, registry_run
 from tests.harness import ROOT, ProgramRun, Registration, is_secret
-from tests.unit.support import DOMAIN, TYPICAL, Programs, exposed_strings, password, tool
+from tests.unit.support import DOMAIN, TYPICAL, Programs, exposed_strings, password, shellcheck
 
 SPEC = MaintenanceSpec(
     container=CONTAINER,
@@ -35,18 +35,6 @@ SPEC = MaintenanceSpec(
     backup_keep=7,
 )
 GC_SCHEDULE, BACKUP_SCHEDULE = "Sun *-*-* 03:00:00", "*-*-* 02:30:00"
-
-
-def shellcheck(tmp_path: Path, scripts: dict[str, str]) -> None:
-    files = []
-    for name, text in scripts.items():
-        path = tmp_path / f"{name}.sh"
-        path.write_text(text)
-        files.append(str(path))
-    result = subprocess.run(
-        [tool("shellcheck"), "--shell=sh", "--severity=style", *files], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def unit(text: str) -> configparser.ConfigParser:
