@@ -144,6 +144,18 @@ def allowlist_first(site: str) -> str:
     return "\n".join(lines)
 
 
+def without_unknown_user_guard(site: str) -> str:
+    """The generated site minus its unknown-user guard (the site as it was before the guard): basic_auth then checks
+    an unknown user's password against Caddy's built-in cost-14 bcrypt hash."""
+    lines = site.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.strip() == "@unknown_user {")
+    end = next(i for i, line in enumerate(lines) if line.strip() == "respond @unknown_user 401")
+    del lines[start : end + 1]
+    if "@unknown_user" in "\n".join(lines):
+        raise RuntimeError("the generated site holds more than one unknown-user guard")
+    return "\n".join(lines)
+
+
 def caddy_global(admin_port: int, storage: Path, http_port: int, extra: str = "") -> str:
     """Global options a test copy of Caddy needs: its own admin address and storage, no port 80."""
     return (

@@ -8,8 +8,9 @@
 2. First request: a fresh Caddy per round, first authenticated request (cache miss = one bcrypt) vs the first
    request to a fresh copy without basic_auth; then the second request.
 3. Wrong passwords: Caddy's CPU time (from /proc/<pid>/task/*/schedstat, in ns) per attempt for a burst of
-   distinct wrong passwords, the same wrong password repeated, unknown user names, and requests without
-   credentials; from outside the allowlist both as rendered and with the proposed fix (allowlist before auth).
+   distinct wrong passwords, the same wrong password repeated, unknown user names (Caddy checks those against a
+   built-in bcrypt hash of cost 14), and requests without credentials; from outside the allowlist; and through
+   the same site without its unknown-user guard (as it was before the guard was added).
 4. Flood: several clients sending distinct wrong passwords at once while a legitimate client keeps pulling
    the /v2/ endpoint: the attack's CPU rate and the legitimate request latency under it.
 """
@@ -52,6 +53,7 @@ from bench._fronts import (
     drop_auth,
     start_caddy,
     start_registry,
+    without_unknown_user_guard,
 )
 
 OUTSIDE_ALLOWLIST = ("192.0.2.0/24",)
@@ -193,6 +195,12 @@ def main() -> None:
         def wrong() -> dict[str, str]:
             return basic(PUSH_USER, secrets.token_hex(16))
 
+        unguarded = start_caddy(procs, work, "caddy-noguard", upstream, creds, ca, without_unknown_user_guard)
+        probe = Client(unguarded.port, ca)
+        for headers, status in ((push_ok, 200), (pull_ok, 200), (None, 401), (basic(PUSH_USER, "wrong"), 401),
+                                (basic("nobody", "wrong"), 401)):
+            expect(probe.request(headers)[0], status, "the site without the unknown-user guard")
+        probe.close()
         same_wrong = basic(PUSH_USER, "not-the-password-" + secrets.token_hex(4))
         # name -> (front, header factory, expected status, attempts multiplier for cheap kinds)
         bursts: dict[str, tuple[CaddyFront, Callable[[], dict[str, str] | None], int, int]] = {
@@ -200,7 +208,11 @@ def main() -> None:
             "valid password, cached (200)": (site, lambda: push_ok, 200, 10),
             "same wrong password repeated (401)": (site, lambda: same_wrong, 401, 10),
             "distinct wrong passwords (401)": (site, wrong, 401, 1),
-            "unknown user names (401)": (site, lambda: basic("u" + secrets.token_hex(6), secrets.token_hex(16)), 401, 1),
+            "unknown user names (401)": (site, lambda: basic("u" + secrets.token_hex(6), secrets.token_hex(16)), 401, 10),
+            "unknown user names, without the guard (401)": (
+                unguarded, lambda: basic("u" + secrets.token_hex(6), secrets.token_hex(16)), 401, 1),
+            "distinct wrong passwords, without the guard (401)": (unguarded, wrong, 401, 1),
+            "valid password, cached, without the guard (200)": (unguarded, lambda: push_ok, 200, 10),
             "outside allowlist, wrong password": (outside, wrong, 401 if auth_first else 403, 1),
         }
         if auth_first:

@@ -47,6 +47,34 @@ def _caddy_token(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _b64_class(lo: int, hi: int) -> str:
+    return "[" + "".join(_B64[i] for i in range(lo, hi + 1)) + "]"  # "+" and "/" are literal inside a class
+
+
+def basic_prefix_regexp(user: str) -> str:
+    """A regexp every `Basic base64(user:password)` credential matches whatever the password, and no other user's does.
+
+    The bytes of "user:" that fill whole base64 groups give fixed characters; a partial last group gives one
+    character class spanning the password's bits. No backslashes: it goes into a quoted Caddyfile token.
+    """
+    raw = (user + ":").encode()
+    full = len(raw) // 3 * 3
+    fixed = base64.b64encode(raw[:full]).decode()
+    rest = raw[full:]
+    tail = ""
+    if len(rest) == 1:  # 6 bits fixed, then 2 fixed + 4 free
+        lo = (rest[0] & 3) << 4
+        tail = _B64[rest[0] >> 2] + _b64_class(lo, lo + 15)
+    elif len(rest) == 2:  # 6 + 6 bits fixed, then 4 fixed + 2 free
+        b0, b1 = rest
+        lo = (b1 & 15) << 2
+        tail = _B64[b0 >> 2] + _B64[((b0 & 3) << 4) | (b1 >> 4)] + _b64_class(lo, lo + 3)
+    return fixed.replace("+", "[+]") + tail
+
+
 def render_caddyfile(spec: SiteSpec) -> str:
     """The registry's Caddy site: TLS via ACME, basic auth on /v2/, pull-only user limited to GET/HEAD."""
     tls = [f"\ttls {_caddy_token(spec.acme_email)}"]
@@ -66,6 +94,7 @@ def render_caddyfile(spec: SiteSpec) -> str:
         # so proxied answers carry it exactly once.
         f"\theader {API_VERSION_HEADER[0]} {API_VERSION_HEADER[1]}",
     ]
+    known_users = "|".join(basic_prefix_regexp(user) for user in (spec.push_user, spec.pull_user))
     body: list[str] = []
     if spec.allowlist:
         body += [
@@ -74,6 +103,14 @@ def render_caddyfile(spec: SiteSpec) -> str:
         ]
     body += [
         "\troute /v2* {",
+        # A credential for a user name the site does not know gets its 401 at once: basic_auth would check it
+        # against a built-in cost-14 bcrypt hash (about 0.85 s of CPU each), an easy flood.
+        "\t\t@unknown_user {",
+        "\t\t\theader Authorization *",
+        f'\t\t\tnot header_regexp Authorization "^(?i:basic) ({known_users})"',
+        "\t\t}",
+        '\t\theader @unknown_user WWW-Authenticate "Basic realm=\\"restricted\\""',
+        "\t\trespond @unknown_user 401",
         "\t\tbasic_auth {",
         f"\t\t\t{spec.push_user} {spec.push_hash}",
         f"\t\t\t{spec.pull_user} {spec.pull_hash}",

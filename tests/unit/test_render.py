@@ -6,6 +6,8 @@ import base64
 import http.client
 import http.server
 import json
+import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,6 +26,7 @@ import yaml
 from components.render import (
     SiteSpec,
     basic_auth_value,
+    basic_prefix_regexp,
     dockerconfigjson,
     maintenance_error,
     render_caddyfile,
@@ -68,6 +71,12 @@ def _site_text(tls: list[str], allow: list[str]) -> str:
     body = [
         *allow,
         "\troute /v2* {",
+        "\t\t@unknown_user {",
+        "\t\t\theader Authorization *",
+        f'\t\t\tnot header_regexp Authorization "^(?i:basic) ({basic_prefix_regexp(PUSH_USER)}|{basic_prefix_regexp(PULL_USER)})"',
+        "\t\t}",
+        '\t\theader @unknown_user WWW-Authenticate "Basic realm=\\"restricted\\""',
+        "\t\trespond @unknown_user 401",
         "\t\tbasic_auth {",
         f"\t\t\t{PUSH_USER} {PUSH_HASH}",
         f"\t\t\t{PULL_USER} {PULL_HASH}",
@@ -300,10 +309,11 @@ def test_adapted_v2_route_refuses_pull_user_writes_after_authentication(adapted:
     subroutes = [d for d in _dicts(_v2_route(adapted)) if d.get("handler") == "subroute"]
     assert len(subroutes) == 1
     routes = subroutes[0]["routes"]
-    assert [h["handler"] for h in routes[0]["handle"]] == ["authentication"]
+    auth = [i for i, r in enumerate(routes) if [h["handler"] for h in r["handle"]] == ["authentication"]]
+    assert len(auth) == 1
     pull_write = [{"vars": {"{http.auth.user.id}": [PULL_USER]}, "not": [{"method": ["GET", "HEAD"]}]}]
     refusals = [i for i, r in enumerate(routes) if r.get("match") == pull_write]
-    assert len(refusals) == 1 and refusals[0] > 0
+    assert len(refusals) == 1 and refusals[0] > auth[0]
     assert routes[refusals[0]]["handle"] == [
         {"handler": "static_response", "status_code": 403, "body": "pull-only credential: read access only"}
     ]
@@ -678,3 +688,23 @@ def test_registry_env_file_uses_the_given_container_root() -> None:
 def test_sha256_is_the_hex_digest_of_the_text() -> None:
     assert sha256("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert sha256("a") != sha256("b")
+
+
+@pytest.mark.parametrize("user", ["robot_user", "k3s_pull", "a", "ab", "abc", "ci+bot@example.com"])
+def test_basic_prefix_regexp_matches_every_password_of_its_user_and_no_other_user(user: str) -> None:
+    pattern = re.compile(f"^(?i:basic) ({basic_prefix_regexp(user)})")
+    passwords = [secrets.token_urlsafe(n) for n in range(1, 40)] + ["", "x" * 72, ":", "\u00e9t\u00e9"]
+    for password in passwords:
+        assert pattern.match("Basic " + basic_auth_value(user, password)), (user, password)
+    for other in {user[:-1], user + "x", user.upper(), "x" + user, "nobody"} - {user}:
+        for password in passwords:
+            assert not pattern.match("Basic " + basic_auth_value(other, password)), (user, other, password)
+
+
+def test_unknown_user_is_refused_before_basic_auth(adapted: dict[str, Any]) -> None:
+    v2 = _v2_route(adapted)
+    handlers = [d.get("handler") for d in _dicts(v2) if d.get("handler") in ("static_response", "authentication")]
+    unknown = [d for d in _dicts(v2) if d.get("status_code") == 401]
+    assert len(unknown) == 1
+    assert handlers.index("static_response") < handlers.index("authentication")
+
