@@ -320,7 +320,8 @@ class SshRunner:
             got = take("stdout") | take("stderr")
             if got:
                 continue
-            if channel.exit_status_ready():
+            # sshd may send the exit status before the last output: wait for EOF (or close) as well.
+            if channel.exit_status_ready() and (channel.eof_received or channel.closed):
                 while take("stdout") | take("stderr"):
                     pass
                 break
