@@ -166,6 +166,8 @@ def main() -> None:
                     "observed": observed, "chain": chain, "declared": declared, "critical": critical,
                     "path": path, "replay": res.seconds, "busy": busy,
                     "waits": waits(res.steps, res.executions, res.started),
+                    "timeline": [(e.name, e.started - res.started, e.seconds) for e in
+                                 sorted(res.executions, key=lambda e: e.started)],
                     "noop_connections": noop.result.stats.connections,
                     "noop_changes": len(noop.result.changed()),
                 })
@@ -195,6 +197,8 @@ def main() -> None:
         f"  critical path (last round): {' -> '.join(ssh_rows[-1]['path'])}",
         "  commands that waited for something they do not depend on (> "
         f"{SLACK} s): " + ("; ".join(w for r in ssh_rows for w in r["waits"]) or "none"),
+        "  timeline of the last round's fresh apply (start offset in the replay, duration):",
+        *(f"    +{start:5.2f} s  {secs:5.2f} s  {name}" for name, start, secs in ssh_rows[-1]["timeline"]),
         f"no-op re-apply: {med(r['noop_changes'] for r in ssh_rows):.0f} changes, "
         f"{med(r['noop_connections'] for r in ssh_rows):.0f} SSH connections",
     ]

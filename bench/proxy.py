@@ -1,8 +1,10 @@
 """Proxy overhead: push and pull of a fresh random image straight to the registry, through the program's generated
 Caddy site, and through the nginx front from Distribution's documentation, side by side in one run.
 
-    sudo .venv/bin/python -m bench.proxy [--rounds 7] [--size-mib 64] [--clients skopeo,docker]
-        [--variants direct,caddy,nginx-doc,nginx-tuned,...] [--profile 12] [--out bench/results/proxy.txt]
+    .venv/bin/python -m bench.proxy [--rounds 9] [--size-mib 64] [--clients skopeo,docker]
+        [--variants direct,caddy,nginx-doc,nginx-tuned,...] [--profile 10] [--out bench/results/proxy.txt]
+
+Run as root: the Docker CLI client needs /etc/docker/certs.d/<host:port>/ca.crt (added and removed here).
 
 Every round pushes a NEW random layer per variant and client (nothing is ever reused from the registry), then
 pulls that image back; the variants run in a rotated order and each ratio is taken within its round. Besides wall
@@ -39,6 +41,7 @@ from bench._common import (
     Series,
     TestCA,
     cpu_seconds,
+    free_port,
     group_pids,
     log,
     machine_line,
@@ -92,6 +95,14 @@ def _drop_directive(name: str) -> Callable[[str], str]:
     return transform
 
 
+def _access_log(site: str) -> str:
+    """An access log (what fail2ban would read): one JSON line per request, here to Caddy's stderr = a file."""
+    lines = site.split("\n")
+    i = find_directive(lines, "tls")
+    lines[i + 1:i + 1] = ["\tlog {", "\t\toutput stderr", "\t}"]
+    return "\n".join(lines)
+
+
 def _plain_http(site: str) -> str:
     """Diagnostic: the site served over plain HTTP (no `tls`), to separate TLS cost from the extra hop."""
     lines = site.split("\n")
@@ -117,6 +128,7 @@ CADDY_VARIANTS: dict[str, CaddyVariant] = {
         note="bigger buffers on the Caddy -> registry connection (Go's http.Transport defaults: 4 KiB each)"),
     "caddy+flush": CaddyVariant(_proxy_block("flush_interval -1"),
                                 note="flush every response write to the client at once"),
+    "caddy+log": CaddyVariant(_access_log, note="with an access log (JSON line per request) for fail2ban"),
     "caddy-noencode": CaddyVariant(_drop_directive("encode"),
                                    note="diagnostic: without `encode` (blobs are never compressed anyway)"),
     "caddy-h1": CaddyVariant(lambda s: s, "\tservers {\n\t\tprotocols h1\n\t}\n",
@@ -135,7 +147,8 @@ NGINX_NOTES = {
     "nginx-doc-c10": "nginx-doc with the program's bcrypt cost (10)",
     "nginx-tuned-c10": "nginx-tuned with the program's bcrypt cost (10)",
 }
-DEFAULT_VARIANTS = ("direct", "caddy", "caddy+buffers", "caddy+flush", "caddy-plainhttp", "nginx-doc", "nginx-tuned")
+DEFAULT_VARIANTS = ("direct", "caddy", "caddy+buffers", "caddy+flush", "caddy+log", "caddy-plainhttp", "direct-docker",
+                    "caddy-docker", "nginx-doc", "nginx-tuned", "nginx-tuned-c10")
 
 
 @dataclass
@@ -146,6 +159,75 @@ class Endpoint:
     auth: bool
     cpu: Callable[[], float] = lambda: 0.0
     caddy: CaddyFront | None = None
+    watch: dict[str, Callable[[], float]] = field(default_factory=dict)
+    """Extra processes to account (and a different `registry`), for the containerised registry."""
+
+
+# --- the registry as production runs it: a container whose 127.0.0.1 port docker-proxy publishes ---------------
+
+DOCKER_VARIANTS = {
+    "direct-docker": "diagnostic: the registry:2 stand-in image in the outer Docker, published on 127.0.0.1 (loopback "
+                     "traffic goes through docker-proxy, as on the production host)",
+    "caddy-docker": "diagnostic: the generated site in front of that container (the production path)",
+}
+
+
+def newest_image(repository: str) -> str | None:
+    out = run(["docker", "images", repository, "--format", "{{.CreatedAt}}\t{{.Repository}}:{{.Tag}}"],
+              check=False, timeout=60).stdout.split("\n")
+    rows = sorted((ln.split("\t") for ln in out if "\t" in ln), reverse=True)
+    return rows[0][1] if rows else None
+
+
+class RegistryContainer:
+    """`docker run -d -p 127.0.0.1:PORT:5000 IMAGE` (the seed's command), removed on exit."""
+
+    def __init__(self, image: str, work: Path) -> None:
+        self.image = image
+        self.name = f"bench-proxy-registry-{os.getpid()}"
+        self.data = work / "container-registry-data"
+        self.port = 0
+
+    def __enter__(self) -> RegistryContainer:
+        self.data.mkdir(exist_ok=True)
+        for _ in range(3):
+            self.port = free_port()
+            started = run(["docker", "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:5000",
+                           "-e", "REGISTRY_STORAGE_DELETE_ENABLED=true", "-v", f"{self.data}:/var/lib/registry",
+                           self.image], check=False, timeout=120)
+            if started.returncode == 0:
+                break
+            run(["docker", "rm", "-f", self.name], check=False, timeout=60)
+        else:
+            raise RuntimeError(f"docker run {self.image} failed: {started.stderr}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=5) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the registry container {self.name} did not answer on 127.0.0.1:{self.port}")
+
+    def __exit__(self, *exc: object) -> None:
+        run(["docker", "rm", "-f", "-v", self.name], check=False, timeout=120)
+
+    def registry_pid(self) -> int:
+        return int(run(["docker", "inspect", "-f", "{{.State.Pid}}", self.name], timeout=60).stdout.strip())
+
+    def proxy_pids(self) -> list[int]:
+        """The docker-proxy process(es) publishing this container's port."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if argv and argv[0].endswith(b"docker-proxy") and str(self.port).encode() in argv:
+                    pids.append(int(entry.name))
+        return pids
 
 
 # --- a fresh random image --------------------------------------------------------------------------------------
@@ -436,16 +518,19 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--clients", default="skopeo,docker")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"direct and any of {', '.join([*CADDY_VARIANTS, *NGINX_VARIANTS])}")
+                        help=f"direct and any of {', '.join([*CADDY_VARIANTS, *NGINX_VARIANTS, *DOCKER_VARIANTS])}")
     parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
                         help="also capture Caddy CPU profiles of pushes and pulls for this many seconds each")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "proxy.txt")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folders (logs, configs)")
+    parser.add_argument("--registry-image", help="image for the direct-docker/caddy-docker variants "
+                        "(default: the newest regtest-registry:* built by tests/e2e/testhost.py)")
     args = parser.parse_args()
     rounds = max(1, min(args.rounds, 50))
     size = args.size_mib << 20
     variants = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
-    unknown = [v for v in variants if v != "direct" and v not in CADDY_VARIANTS and v not in NGINX_VARIANTS]
+    unknown = [v for v in variants
+               if v != "direct" and v not in CADDY_VARIANTS and v not in NGINX_VARIANTS and v not in DOCKER_VARIANTS]
     if unknown or "direct" not in variants:
         parser.error(f"unknown variants {unknown}; `direct` (the baseline) is required")
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
@@ -458,12 +543,20 @@ def main() -> None:
 
     # The random layouts and pulled copies live on tmpfs so their disk writeback does not disturb the timings.
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108 - a private mkdtemp folder inside
+    image = None
+    if any(v in DOCKER_VARIANTS for v in variants):
+        image = args.registry_image or (newest_image("regtest-registry") if docker_answers(30) else None)
+        if image is None:
+            skipped.append("containerised-registry variants skipped: no registry image (build the e2e images with "
+                           "`python -m tests.e2e.testhost build`, or pass --registry-image) or Docker not answering")
+            variants = [v for v in variants if v not in DOCKER_VARIANTS]
     with Processes() as procs, scratch("bench-proxy-", args.keep) as work, \
-            scratch("bench-proxy-", args.keep, base=shm) as layouts:
+            scratch("bench-proxy-", args.keep, base=shm) as layouts, contextlib.ExitStack() as stack:
         ca = make_ca(work / "tls")
         creds = Credentials.generate()
         registry, port = start_registry(procs, work)
         upstream = f"127.0.0.1:{port}"
+        container = stack.enter_context(RegistryContainer(image, work)) if image else None
         endpoints: dict[str, Endpoint] = {"direct": Endpoint("direct", upstream, tls=False, auth=False)}
         for name in variants:
             if name in CADDY_VARIANTS:
@@ -477,6 +570,19 @@ def main() -> None:
                 nfront = start_nginx(procs, work, name, upstream, creds, ca, tuned=tuned, cost=cost)
                 endpoints[name] = Endpoint(name, nfront.host, tls=True, auth=True,
                                            cpu=functools.partial(group_cpu, nfront.proc.pid))
+        if container is not None:
+            cup = f"127.0.0.1:{container.port}"
+            container_watch: dict[str, Callable[[], float]] = {
+                "registry": functools.partial(run_seconds, [container.registry_pid()]),
+                "docker-proxy": functools.partial(run_seconds, container.proxy_pids()),
+            }
+            if "direct-docker" in variants:
+                endpoints["direct-docker"] = Endpoint("direct-docker", cup, tls=False, auth=False, watch=container_watch)
+            if "caddy-docker" in variants:
+                front = start_caddy(procs, work, "caddy-docker", cup, creds, ca)
+                endpoints["caddy-docker"] = Endpoint("caddy-docker", front.host, tls=True, auth=True, caddy=front,
+                                                     cpu=functools.partial(run_seconds, [front.proc.pid]),
+                                                     watch=container_watch)
         (results / "proxy-fronts.txt").write_text("\n\n".join(
             f"# variant {n}\n" + e.caddy.caddyfile.read_text() for n, e in endpoints.items() if e.caddy))
         skopeo = Skopeo(work, ca, creds, out=layouts / "pulled")
@@ -487,8 +593,13 @@ def main() -> None:
             client_objs: dict[str, Skopeo | DockerCli] = {"skopeo": skopeo}
             if docker is not None:
                 client_objs["docker"] = docker
-            series = {f"{c} {op}": Series(f"{c} {op} of {args.size_mib} MiB", baseline="direct")
+            series = {f"{c} {op}": Series(f"{c} {op} of {args.size_mib} MiB, wall time", baseline="direct")
                       for c in client_objs for op in ("push", "pull")}
+            # CPU of every party together (client, dockerd, front, registry): what the operation costs the machine,
+            # much less sensitive to other load than wall time.
+            cpu_series = {f"{c} {op}": Series(f"{c} {op} of {args.size_mib} MiB, CPU of all parties", baseline="direct",
+                                              unit="s CPU")
+                          for c in client_objs for op in ("push", "pull")}
             cpu: dict[str, list[dict[str, float]]] = {}
             watch_registry = functools.partial(run_seconds, [registry.pid])
 
@@ -510,7 +621,8 @@ def main() -> None:
                         for op in ("push", "pull"):
                             for v in order:
                                 ep = endpoints[v]
-                                watch: dict[str, Callable[[], float]] = {"front": ep.cpu, "registry": watch_registry}
+                                watch: dict[str, Callable[[], float]] = {
+                                    "front": ep.cpu, "registry": watch_registry, **ep.watch}
                                 if op == "push":
                                     sample = client.push(ep, lays[v], ref[v], watch)
                                     run(["rm", "-rf", str(lays[v])])
@@ -535,6 +647,8 @@ def main() -> None:
                             cpu.setdefault(key, []).append(value)
                         for op, values in got.items():
                             series[f"{cname} {op}"].add_round(values)
+                            cpu_series[f"{cname} {op}"].add_round(
+                                {v: sum(samples[f"{cname} {op} {v}"].values()) for v in values})
                         log(f"round {r + 1}/{rounds} {cname}: " + "; ".join(
                             f"{op} " + " ".join(f"{v}={values[v]:.3f}" for v in variants) for op, values in got.items()))
 
@@ -555,10 +669,11 @@ def main() -> None:
               "then all pulls", *skipped, *(f"discarded: {d}" for d in discarded), "variants:"]
     for v in variants:
         note = "the registry itself, plain HTTP" if v == "direct" else (
-            CADDY_VARIANTS[v].note if v in CADDY_VARIANTS else NGINX_NOTES[v])
+            CADDY_VARIANTS[v].note if v in CADDY_VARIANTS else NGINX_NOTES.get(v) or DOCKER_VARIANTS[v])
         report.append(f"  {v:<18} {note}")
     report.append("")
     report += [s.render() for s in series.values()]
+    report += [""] + [s.render() for s in cpu_series.values()]
     report += ["", "CPU seconds per operation (median over rounds): client = the skopeo or docker CLI process; "
                "dockerd incl. its helpers; front = Caddy or nginx (all workers); registry"]
     for key, samples in cpu.items():
