@@ -282,6 +282,14 @@ def interleave(variants: Sequence[str], rounds: int, measure: Callable[[str, int
             between(r)
 
 
+def write_report(report: Sequence[str], out: Path) -> None:
+    """Print the report and save it where --out points."""
+    text = "\n".join(report) + "\n"
+    print(text)
+    out.write_text(text)
+    log(f"written to {out}")
+
+
 def machine_line() -> str:
     cpus = os.cpu_count()
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, Series, log, machine_line, scratch
+from bench._common import ROOT, Series, log, machine_line, scratch, write_report
 
 HOST_NAME = "regtest-bench"
 SLACK = 0.25
@@ -202,10 +202,7 @@ def main() -> None:
         f"no-op re-apply: {med(r['noop_changes'] for r in ssh_rows):.0f} changes, "
         f"{med(r['noop_connections'] for r in ssh_rows):.0f} SSH connections",
     ]
-    text = "\n".join(report) + "\n"
-    print(text)
-    args.out.write_text(text)
-    log(f"written to {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

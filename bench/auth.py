@@ -41,6 +41,7 @@ from bench._common import (
     rotated,
     run_seconds,
     scratch,
+    write_report,
 )
 from bench._fronts import (
     BCRYPT_COST,
@@ -291,10 +292,7 @@ def main() -> None:
             f" over {len(busy)} requests (quiet: median {statistics.median(quiet):.1f} ms, max {max(quiet):.1f} ms)",
         ]
 
-    text = "\n".join(report) + "\n"
-    print(text)
-    args.out.write_text(text)
-    log(f"written to {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, Series, log, machine_line, rotated, scratch
+from bench._common import ROOT, Series, log, machine_line, rotated, scratch, write_report
 
 TYPICAL = {
     "host": "203.0.113.10",
@@ -275,10 +275,7 @@ def main() -> None:
         core = [sum(s for s, _, _, m in rows if m.startswith("pulumi_kubernetes.core.v1")) / 1000 for rows in runs]
         report.append(f"  pulumi_kubernetes.core.v1 (all its modules, own time): {statistics.median(core):.0f} ms")
 
-    text = "\n".join(report) + "\n"
-    print(text)
-    args.out.write_text(text)
-    log(f"written to {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from bench._common import (
     run,
     run_seconds,
     scratch,
+    write_report,
 )
 from bench._fronts import (
     BCRYPT_COST,
@@ -682,10 +683,7 @@ def main() -> None:
             f"{k} {statistics.median(s.get(k, 0.0) for s in samples):.3f}" for k in parts))
     if profile_text:
         report += ["", profile_text]
-    text = "\n".join(report) + "\n"
-    print(text)
-    args.out.write_text(text)
-    log(f"written to {args.out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
