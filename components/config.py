@@ -117,11 +117,6 @@ class Settings:
     """How many backup archives to keep; older ones are deleted after a successful backup."""
 
     @property
-    def privileged_prefix(self) -> str:
-        """What to put before a command that needs root on the host."""
-        return "" if self.ssh_user == "root" else "sudo -n "
-
-    @property
     def registry_url(self) -> str:
         return f"https://{self.domain}"
 
