@@ -223,22 +223,9 @@ class SshRunner:
         return channel
 
     def _setenv(self, channel: paramiko.Channel, key: str, value: str) -> None:
-        # paramiko's set_environment_variable sends want_reply=False and so never learns of a refusal;
-        # Go's session.Setenv asks for a reply and fails, which is what the provider relies on.
-        message = Message()
-        message.add_byte(cMSG_CHANNEL_REQUEST)
-        message.add_int(channel.remote_chanid)
-        message.add_string("env")
-        message.add_boolean(True)
-        message.add_string(key)
-        message.add_string(value)
         self._count(env_requests=1)
-        channel._event_pending()  # paramiko has no public request-with-reply API
-        channel.transport._send_user_message(message)
-        try:
-            channel._wait_for_event()
-        except paramiko.SSHException as exc:
-            raise _SetenvRefused(key) from exc
+        if not env_request(channel, key, value):
+            raise _SetenvRefused(key)
 
     def run(
         self,
@@ -337,6 +324,28 @@ class SshRunner:
             )
             raise CommandFailed(f"{reason}: running {go_quote(command)}:\n{combined}")
         return RunOutput(status, stdout.removesuffix("\n"), stderr.removesuffix("\n"), combined, warnings)
+
+
+def env_request(channel: paramiko.Channel, key: str, value: str) -> bool:
+    """Send an `env` channel request asking for a reply, as Go's session.Setenv does; True if sshd accepts it.
+
+    paramiko's set_environment_variable sends want_reply=False and so never learns of a refusal; the provider
+    relies on the reply (a refused variable fails the step).
+    """
+    message = Message()
+    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_int(channel.remote_chanid)
+    message.add_string("env")
+    message.add_boolean(True)
+    message.add_string(key)
+    message.add_string(value)
+    channel._event_pending()  # paramiko has no public request-with-reply API
+    channel.transport._send_user_message(message)
+    try:
+        channel._wait_for_event()
+    except paramiko.SSHException:
+        return False
+    return True
 
 
 class _SetenvRefused(Exception):

@@ -9,9 +9,8 @@ import ssl
 
 import paramiko
 import pytest
-from paramiko.common import cMSG_CHANNEL_REQUEST
-from paramiko.message import Message
 
+from .replay import env_request
 from .testhost import ACME_CA_URL, PEBBLE_LISTENER_CA, REQUIRED_UNITS, TestHost
 
 pytestmark = pytest.mark.e2e
@@ -33,20 +32,7 @@ def _env_request_accepted(transport: paramiko.Transport, name: str, value: str) 
     """Send an `env` request with want-reply (as Go's ssh Setenv does); True if sshd accepts it."""
     channel = transport.open_session()
     try:
-        msg = Message()
-        msg.add_byte(cMSG_CHANNEL_REQUEST)
-        msg.add_int(channel.remote_chanid)
-        msg.add_string("env")
-        msg.add_boolean(True)
-        msg.add_string(name)
-        msg.add_string(value)
-        channel._event_pending()
-        channel.transport._send_user_message(msg)
-        try:
-            channel._wait_for_event()
-        except paramiko.SSHException:
-            return False
-        return True
+        return env_request(channel, name, value)
     finally:
         channel.close()
 
