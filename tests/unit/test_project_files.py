@@ -56,3 +56,23 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/dev.sh test" in readme
     assert "exec bash scripts/dev.sh test" in ci
+
+
+def _toolchain_pins() -> dict[str, str]:
+    """NAME_VERSION=... lines of scripts/toolchain.sh, the one place the engine's versions are pinned."""
+    pins = {}
+    for line in (ROOT / "scripts" / "toolchain.sh").read_text().splitlines():
+        name, sep, rest = line.partition("_VERSION=")
+        if sep and name.isupper() and name.isalpha():
+            pins[name.lower()] = rest.split()[0]
+    return pins
+
+
+def test_requirements_pin_the_provider_sdks_at_the_versions_the_toolchain_builds() -> None:
+    requirements = dict(
+        line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line
+    )
+    pins = _toolchain_pins()
+    assert {"command", "random", "kubernetes", "pulumi"} <= set(pins), pins
+    for provider in ("command", "random", "kubernetes"):
+        assert requirements[f"pulumi-{provider}"] == pins[provider], provider
