@@ -143,25 +143,29 @@ def container_state(name: str) -> str | None:
 # --------------------------------------------------------------------------- recipe
 
 
-def debian_mirror() -> str:
-    """The Debian mirror apt on this machine uses (env REGTEST_DEBIAN_MIRROR overrides)."""
+APT_DIR = Path("/etc/apt")
+
+
+def debian_mirror(apt: Path | None = None) -> str:
+    """The Debian mirror apt on this machine uses (env REGTEST_DEBIAN_MIRROR overrides); none is built in."""
     if os.environ.get("REGTEST_DEBIAN_MIRROR"):
         return os.environ["REGTEST_DEBIAN_MIRROR"]
-    entries = _apt_sources()
+    entries = _apt_sources(apt or APT_DIR)
     for uri, suites in entries:
         if SUITE in suites:
             return uri
     for uri, suites in entries:  # a Debian archive serving another release also serves bookworm
         if uri.rstrip("/").endswith("/debian") and not any("security" in s for s in suites):
             return uri
-    log("no Debian mirror found in /etc/apt sources; using http://deb.debian.org/debian")
-    return "http://deb.debian.org/debian"
+    raise TestHostError(
+        "no Debian mirror found: no enabled 'deb' entry for a Debian archive in /etc/apt/sources.list or "
+        "/etc/apt/sources.list.d/*.{list,sources}; set REGTEST_DEBIAN_MIRROR to the mirror apt should use"
+    )
 
 
-def _apt_sources() -> list[tuple[str, list[str]]]:
-    """(URI, suites) of enabled 'deb' entries in /etc/apt/sources.list{,.d/*}."""
+def _apt_sources(apt: Path) -> list[tuple[str, list[str]]]:
+    """(URI, suites) of enabled 'deb' entries in APT/sources.list{,.d/*}."""
     out: list[tuple[str, list[str]]] = []
-    apt = Path("/etc/apt")
     for path in [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]:
         if path.is_file():
             for line in path.read_text(errors="replace").splitlines():
