@@ -132,7 +132,10 @@ def registry_docker_run(
     Host networking with the registry bound to 127.0.0.1: no docker-proxy, no container address and no DOCKER-chain
     ACCEPT rule, so nothing but the server itself can reach it, whatever Docker's version or firewall defaults.
     """
-    settings = {**registry_listen_env(port), **(env or {})}
+    listen = registry_listen_env(port)
+    if set(listen) & set(env or {}):
+        raise ValueError(f"the registry's listen settings are fixed: {sorted(set(listen) & set(env or {}))}")
+    settings = {**listen, **(env or {})}
     extra = "".join(f"-e {q(f'{key}={value}')} " for key, value in settings.items())
     return (
         f"docker run -d --name {q(name)} --restart unless-stopped --network host "

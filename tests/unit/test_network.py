@@ -56,6 +56,11 @@ def test_window_settings_come_after_the_listen_settings_and_cannot_drop_them() -
     assert env[2:] == ["REGISTRY_HTTP_DRAINTIMEOUT=20s", 'REGISTRY_STORAGE_MAINTENANCE_READONLY={"enabled":true}']
 
 
+def test_no_caller_can_change_where_the_registry_listens() -> None:
+    with pytest.raises(ValueError, match="REGISTRY_HTTP_ADDR"):
+        registry_docker_run(CONTAINER, "img", 5000, "/d", ENV_FILE, {"REGISTRY_HTTP_ADDR": ":5000"})
+
+
 def test_deploy_and_both_maintenance_launches_recreate_the_same_networking() -> None:
     deploy = registry_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
     script = ops_render.render_maintenance_script(SPEC)
