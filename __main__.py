@@ -18,6 +18,7 @@ cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
 host = Host("host", HostArgs(
     address=cfg.host, port=cfg.ssh_port, user=cfg.ssh_user, private_key=cfg.ssh_private_key,
     host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
+    registry_port=cfg.registry_port, registry_container=CONTAINER,
 ))
 creds = Credentials("credentials", CredentialsArgs(
     push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,

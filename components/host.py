@@ -31,6 +31,10 @@ class HostArgs:
     """Whether preflight insists on the k3s unit."""
     k3s_service: str
     """k3s unit name checked by preflight."""
+    registry_port: int
+    """The registry's port on 127.0.0.1: preflight insists it is free or held by the registry container."""
+    registry_container: str
+    """Name of the registry container (the one container preflight does not warn about)."""
 
 
 class Host(pulumi.ComponentResource):
@@ -55,7 +59,7 @@ class Host(pulumi.ComponentResource):
         )
         check = self.run(
             f"{name}-preflight",
-            create=scripts.preflight(args.require_k3s, args.k3s_service),
+            create=scripts.preflight(args.require_k3s, args.k3s_service, args.registry_port, args.registry_container),
         )
         directory = self.run(
             f"{name}-data-dir",

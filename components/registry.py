@@ -1,4 +1,4 @@
-"""The Distribution registry container, published on loopback only, storing into the host's data directory."""
+"""The Distribution registry container: host networking, listening on 127.0.0.1 only, storing into the host's data directory."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class RegistryArgs:
     image: str
     """Image reference, pinnable by digest."""
     port: int
-    """Loopback port published for Caddy."""
+    """Port the registry listens on, on the server's 127.0.0.1 (Caddy's upstream)."""
     http_secret: pulumi.Input[str]
     """Stable REGISTRY_HTTP_SECRET (secret)."""
 

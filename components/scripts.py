@@ -28,14 +28,17 @@ def _script(*lines: str) -> str:
     return "\n".join(["set -eu", *lines]) + "\n"
 
 
-def preflight(require_k3s: bool, k3s_service: str) -> str:
-    """Fail with one readable line per problem before anything is changed on the host."""
+def preflight(require_k3s: bool, k3s_service: str, registry_port: int, container: str) -> str:
+    """Fail with one readable line per problem before anything is changed on the host; warn about what it leaves alone."""
     lines = [
         "problems=''",
         "fail() { problems=\"${problems}preflight: $1\n\"; }",
+        "warn() { printf 'preflight: warning: %s\\n' \"$1\" >&2; }",
         "command -v curl >/dev/null 2>&1 || fail 'curl is not installed (needed to check the registry answers)'",
+        "docker_up=0",
         "if ! command -v docker >/dev/null 2>&1; then fail 'Docker is not installed (install docker.io or docker-ce)'",
-        "elif ! docker info >/dev/null 2>&1; then fail 'Docker is installed but the engine is not running'; fi",
+        "elif ! docker info >/dev/null 2>&1; then fail 'Docker is installed but the engine is not running'",
+        "else docker_up=1; fi",
         "if ! command -v caddy >/dev/null 2>&1; then fail 'Caddy is not installed (2.8 or later is required)'",
         "else",
         "  v=$(caddy version | sed -n 's/^v\\{0,1\\}\\([0-9][0-9]*\\)\\.\\([0-9][0-9]*\\).*/\\1 \\2/p' | head -n 1)",
@@ -54,10 +57,57 @@ def preflight(require_k3s: bool, k3s_service: str) -> str:
     lines += [
         "holders=$(ss -Hltnp 'sport = :80 or sport = :443' 2>/dev/null | grep 'users:((' | grep -v 'users:((\"caddy\"' || true)",
         "[ -z \"$holders\" ] || fail \"ports 80/443 are held by something other than Caddy: $holders\"",
+        *_registry_port_checks(registry_port, container),
         "if [ -n \"$problems\" ]; then printf '%s' \"$problems\" >&2; exit 1; fi",
         "echo 'preflight: ok'",
     ]
     return _script(*lines)
+
+
+# Every published port of every container (running or not): `NAME|PUBLISH_ALL|HOSTIP:HOSTPORT->PORT/PROTO ...`.
+_PUBLISHED = (
+    "{{.Name}}|{{.HostConfig.PublishAllPorts}}|{{range $port, $bindings := .HostConfig.PortBindings}}"
+    "{{range $bindings}}{{if .HostIp}}{{.HostIp}}{{else}}0.0.0.0{{end}}:{{if .HostPort}}{{.HostPort}}{{else}}(any){{end}}->{{$port}} {{end}}{{end}}"
+)
+
+
+def _registry_port_checks(port: int, container: str) -> list[str]:
+    """The registry's loopback port is free or our container's; every other published container port is named.
+
+    A port published with `-p` goes through docker-proxy and Docker's DOCKER chain, which accepts forwarded
+    traffic to the container's own address on that port from any neighbour routing to the bridge: those are
+    warnings (the program never changes another container), not failures.
+    """
+    return [
+        f"port={port}; name={q(container)}",
+        "holders=$(ss -Hltnp \"sport = :$port\" 2>/dev/null || true)",
+        "if [ -n \"$holders\" ] && [ \"$docker_up\" = 1 ]; then",
+        # Ours: a process of the `registry` container (host networking), or docker-proxy publishing that
+        # container's port (a container made by hand the seed's way; the deploy step replaces it).
+        "  own=\" $(docker top \"$name\" -eo pid 2>/dev/null | sed 1d | tr -s ' \\n' ' ') \"",
+        "  if docker port \"$name\" 2>/dev/null | grep -q \":$port\\$\"; then published=1; else published=0; fi",
+        "  foreign=$(printf '%s\\n' \"$holders\" | while IFS= read -r line; do",
+        "    ok=0",
+        "    for pid in $(printf '%s\\n' \"$line\" | grep -o 'pid=[0-9]*' | cut -d= -f2); do",
+        "      case \"$own\" in *\" $pid \"*) ok=1 ;; esac",
+        "    done",
+        "    case \"$line\" in *'((\"docker-proxy\"'*) [ \"$published\" = 0 ] || ok=1 ;; esac",
+        "    [ \"$ok\" = 1 ] || printf '%s; ' \"$line\"",
+        "  done)",
+        "  holders=$foreign",
+        "fi",
+        "[ -z \"$holders\" ] || fail \"port $port (the registry's, on 127.0.0.1) is held by something other than the $name container: ${holders%; }\"",
+        "if [ \"$docker_up\" = 1 ]; then",
+        "  # shellcheck disable=SC2016 # a Go template for docker inspect, not shell expansions",
+        f"  docker ps -aq | xargs -r docker inspect -f {q(_PUBLISHED)} 2>/dev/null | while IFS='|' read -r cname all ports; do",
+        "    cname=${cname#/}",
+        "    [ \"$cname\" != \"$name\" ] || continue",
+        "    [ \"$all\" != true ] || ports=\"${ports}every exposed port (-P) \"",
+        "    [ -n \"$ports\" ] || continue",
+        "    warn \"container $cname publishes ${ports% }: Docker also accepts traffic forwarded from other hosts to its container address on those ports, whatever host address they are bound to (left unchanged; see the README, Network exposure)\"",
+        "  done",
+        "fi",
+    ]
 
 
 def data_dir(path: str) -> str:
@@ -65,13 +115,30 @@ def data_dir(path: str) -> str:
     return _script(f"install -d -m 0750 -o root -g root {q(path)}", f"echo {q(path)}")
 
 
+def registry_listen_env(port: int) -> dict[str, str]:
+    """Where the registry listens on the host's own network: 127.0.0.1:port, and no debug/metrics listener at all.
+
+    registry:2's config has no `http.debug`, but an image whose config sets one (`:5001`) would listen on every
+    host address under host networking; an empty value turns it off whatever the image's config says.
+    """
+    return {"REGISTRY_HTTP_ADDR": f"127.0.0.1:{port}", "REGISTRY_HTTP_DEBUG_ADDR": ""}
+
+
 def registry_docker_run(
     name: str, image: str, port: int, data_dir: str, env_file: str, env: Mapping[str, str] | None = None
 ) -> str:
-    """The one `docker run` line for the registry container; `env` adds settings (the maintenance window's)."""
-    extra = "".join(f"-e {q(f'{key}={value}')} " for key, value in (env or {}).items())
+    """The one `docker run` line for the registry container; `env` adds settings (the maintenance window's).
+
+    Host networking with the registry bound to 127.0.0.1: no docker-proxy, no container address and no DOCKER-chain
+    ACCEPT rule, so nothing but the server itself can reach it, whatever Docker's version or firewall defaults.
+    """
+    listen = registry_listen_env(port)
+    if set(listen) & set(env or {}):
+        raise ValueError(f"the registry's listen settings are fixed: {sorted(set(listen) & set(env or {}))}")
+    settings = {**listen, **(env or {})}
+    extra = "".join(f"-e {q(f'{key}={value}')} " for key, value in settings.items())
     return (
-        f"docker run -d --name {q(name)} --restart unless-stopped -p {q(f'127.0.0.1:{port}:5000')} "
+        f"docker run -d --name {q(name)} --restart unless-stopped --network host "
         f"-v {q(f'{data_dir}:/var/lib/registry')} --env-file {q(env_file)} {extra}{q(image)}"
     )
 

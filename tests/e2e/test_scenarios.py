@@ -153,7 +153,10 @@ def test_fresh_apply_runs_every_command_once_in_dependency_order(stack: Stack) -
 def test_registry_container_runs_as_the_seed_does(stack: Stack) -> None:
     info = stack.clients.inspect_container()
     assert info["State"]["Running"]
-    assert info["HostConfig"]["PortBindings"] == {"5000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5000"}]}
+    # Host networking, bound to 127.0.0.1: no published port, no docker-proxy, no container address.
+    assert info["HostConfig"]["NetworkMode"] == "host"
+    assert not info["HostConfig"]["PortBindings"]
+    assert "REGISTRY_HTTP_ADDR=127.0.0.1:5000" in info["Config"]["Env"]
     assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
     mounts = [(m["Type"], m["Source"], m["Destination"]) for m in info["Mounts"]]
     assert mounts == [("bind", "/srv/data/registry", "/var/lib/registry")]

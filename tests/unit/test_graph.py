@@ -134,7 +134,7 @@ def test_registry_container_is_removed_before_its_replacement_starts(typical: Pr
     assert container.delete_before_replace
     assert container.value("triggers") == ["registry:2.8.3", 5000]
     create = container.value("create")
-    assert "registry:2.8.3" in create and "127.0.0.1:5000:5000" in create
+    assert "registry:2.8.3" in create and "--network host" in create and "REGISTRY_HTTP_ADDR=127.0.0.1:5000" in create
     assert "-v /srv/data/registry:/var/lib/registry" in create
 
 
