@@ -31,6 +31,8 @@ class HostArgs:
     """Whether preflight insists on the k3s unit."""
     k3s_service: str
     """k3s unit name checked by preflight."""
+    require_python: bool = False
+    """Whether preflight insists on python3 (tag retention runs in it)."""
 
 
 class Host(pulumi.ComponentResource):
@@ -55,7 +57,7 @@ class Host(pulumi.ComponentResource):
         )
         check = self.run(
             f"{name}-preflight",
-            create=scripts.preflight(args.require_k3s, args.k3s_service),
+            create=scripts.preflight(args.require_k3s, args.k3s_service, args.require_python),
         )
         directory = self.run(
             f"{name}-data-dir",
