@@ -338,6 +338,17 @@ def tag_link_mtime(data_dir: str, repository: str, tag: str) -> float | None:
         return None
 
 
+def is_revision(data_dir: str, repository: str, digest: str) -> bool:
+    """Whether the repository holds a manifest with this digest (its revision link in the registry's storage)."""
+    algorithm, _, hexdigest = digest.partition(":")
+    if not re.fullmatch(r"[a-z0-9]+", algorithm) or not re.fullmatch(r"[a-f0-9]{32,128}", hexdigest):
+        return False
+    path = os.path.join(
+        data_dir, "docker/registry/v2/repositories", repository, "_manifests/revisions", algorithm, hexdigest, "link"
+    )
+    return os.path.isfile(path)
+
+
 def k3s_images(mode: str) -> tuple[frozenset[str], str]:
     """(digests k3s holds, how we know); mode `required` fails if it cannot tell, `if-present` skips a host without k3s."""
     if shutil.which("k3s") is None:
@@ -391,10 +402,12 @@ def survey(
         manifests.append(manifest)
         tags.append(Tag(name, manifest.digest, _created(registry, repository, manifest), tag_link_mtime(data_dir, repository, name)))
     # In-use images pulled by digest may be untagged indexes here: their children must be known to stay guarded.
+    # Only digests this repository holds as manifests are asked for (a config digest would get a 500).
     for digest in sorted(in_use):
-        manifest = registry.manifest(repository, digest) if digest.startswith("sha256:") else None
-        if manifest is not None:
-            manifests.append(manifest)
+        if is_revision(data_dir, repository, digest):
+            manifest = registry.manifest(repository, digest)
+            if manifest is not None:
+                manifests.append(manifest)
     for manifest in manifests:
         if manifest.children:
             children[manifest.digest] = manifest.children
