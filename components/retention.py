@@ -298,7 +298,7 @@ class Registry:
         key = (repository, reference)
         if key not in self._manifests:
             status, headers, body = self.request(
-                "GET", f"/v2/{repository}/manifests/{urllib.parse.quote(reference)}", ", ".join(MANIFEST_TYPES)
+                "GET", f"/v2/{repository}/manifests/{urllib.parse.quote(reference, safe=':')}", ", ".join(MANIFEST_TYPES)
             )
             if status == 404:
                 self._manifests[key] = None
