@@ -396,7 +396,7 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         "# The container exactly as the program creates it, plus a drain timeout (and the read-only switch).",
         f"launch_read_write() {{ {launch}; }}",
         f"launch_read_only() {{ {launch_ro}; }}",
-        f"retention() {{ python3 {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)} \"$@\"; }}",
+        f"retention() {{ python3 -I {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)} \"$@\"; }}",
     ]
     return "\n".join(header) + "\n" + _MAINTENANCE_BODY
 

@@ -376,3 +376,9 @@ def test_retention_off_installs_the_preview_and_needs_no_python(programs: Progra
     files = heredoc_files(_script(run.named("maintenance-install")))
     assert json.loads(files[ops_render.RETENTION_CONFIG])["enabled"] is False
     assert "python3" not in _script(run.named("host-preflight"))
+
+
+def test_the_install_command_stays_well_under_the_kernels_single_argument_limit(programs: Programs) -> None:
+    # The whole install (the retention program included) is one `sh -c` argument: Linux caps one at 128 KiB.
+    command = programs.ok({**TYPICAL, "retention": "true"}).named("maintenance-install").value("create")
+    assert len(command.encode()) < 96 * 1024
