@@ -342,6 +342,7 @@ cmd_status() {
   if is_read_only; then say "mode: read-only (maintenance window)"; else say "mode: read-write"; fi
   [ ! -f "$FLAG" ] || say "window: $(cat "$FLAG")"
   say "data: $(usage_kib) KiB in $DATA_DIR/docker, $(df -h --output=avail "$DATA_DIR" | tail -n 1 | tr -d ' ') free"
+  say "tag retention in the GC window: $RETENTION (preview: registry-maintenance retention --dry-run)"
   say "backups in $BACKUP_DIR (keeping $KEEP):"
   found=0
   for f in "$BACKUP_DIR"/registry-*.tar; do

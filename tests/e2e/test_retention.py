@@ -221,6 +221,7 @@ def test_dry_run_lists_what_would_go_and_changes_nothing(ret: Retention, images:
     assert (ret.tags(), ret.tags(MULTI), ret.data_kib(), ret.blob_count(), ret.tags("ops/verify-probe")) == before
     assert not ret.read_only()
     assert ret.sh(f"test -e {MAINTENANCE_FLAG} && echo flag || echo none").strip() == "none"
+    assert "tag retention in the GC window: on" in ret.maintenance("status")
 
 
 def test_gc_window_deletes_the_old_tags_and_reclaims_their_space(
