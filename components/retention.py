@@ -169,6 +169,7 @@ def plan_repository(
         if tag.name in reasons:
             guards.add(tag.name)
     guarded = kept | used | protected
+    doomed.sort(key=lambda d: d not in children)  # indexes first (stable): none is left pointing at a deleted child
     deletions = list(doomed)
     for digest in doomed:  # the platform manifests of a deleted index go too, unless something kept needs them
         for child in sorted(closure([digest], children) - {digest}):

@@ -162,6 +162,17 @@ def test_children_of_a_kept_index_stay_and_those_of_a_deleted_index_go_after_it(
     assert digest("arm64-2") not in plan.deletions and digest("amd64-2") not in plan.deletions
 
 
+def test_an_old_index_is_deleted_before_an_old_tag_on_one_of_its_platform_manifests() -> None:
+    tags = [
+        Tag("new", digest("new"), created=T0 + 2 * DAY),
+        Tag("amd64-old", digest("amd64"), created=T0 + DAY),
+        Tag("multi-old", digest("index"), created=T0),
+    ]
+    plan = plan_repository("app", tags, policy(1), children={digest("index"): [digest("amd64"), digest("arm64")]})
+    assert plan.deletions == (digest("index"), digest("amd64"), digest("arm64"))
+    assert deleted(plan) == ["amd64-old", "multi-old"]
+
+
 def test_an_index_k3s_runs_keeps_its_children_even_when_another_deleted_index_shares_them() -> None:
     tags = [Tag("new", digest("new"), created=T0 + DAY), Tag("old", digest("oldindex"), created=T0)]
     children = {digest("oldindex"): [digest("shared")], digest("running"): [digest("shared")]}
