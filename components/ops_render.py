@@ -213,10 +213,14 @@ cmd_gc() {
   if [ "$RETENTION" = on ]; then
     # Deletes need a registry that is not read-only (Distribution answers 405 then), so they come first: Caddy
     # already refuses pushes (no tag appears or moves meanwhile), while the registry takes the deletes on loopback.
-    need_python
-    refuse_writes "tag retention and garbage collection"
-    say "tag retention: pushes through the site get 503 from now on; deleting on 127.0.0.1:$PORT"
-    retention || retention_failed=1
+    if command -v python3 >/dev/null 2>&1; then
+      refuse_writes "tag retention and garbage collection"
+      say "tag retention: pushes through the site get 503 from now on; deleting on 127.0.0.1:$PORT"
+      retention || retention_failed=1
+    else
+      say "tag retention skipped: python3 is not installed on this host"
+      retention_failed=1
+    fi
   fi
   open_window "garbage collection"
   say "dry run (nothing is deleted):"
