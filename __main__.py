@@ -10,6 +10,7 @@ from components.flux_secret import FluxSecret, FluxSecretArgs
 from components.host import Host, HostArgs
 from components.k3s_trust import K3sTrust, K3sTrustArgs
 from components.maintenance import Maintenance, MaintenanceArgs
+from components.ops_render import RetentionSpec
 from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryContainer
 from components.verify import Verify, VerifyArgs
 
@@ -19,6 +20,7 @@ host = Host("host", HostArgs(
     address=cfg.host, port=cfg.ssh_port, user=cfg.ssh_user, private_key=cfg.ssh_private_key,
     host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
     registry_port=cfg.registry_port, registry_container=CONTAINER,
+    require_python=cfg.retention,
 ))
 creds = Credentials("credentials", CredentialsArgs(
     push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,
@@ -48,6 +50,10 @@ Maintenance("maintenance", MaintenanceArgs(
     host=host, upstream=registry.upstream, container=CONTAINER, image=cfg.registry_image, port=cfg.registry_port,
     env_file=ENV_FILE, gc_schedule=cfg.gc_schedule, gc_delete_untagged=cfg.gc_delete_untagged,
     backup_schedule=cfg.backup_schedule, backup_dir=cfg.backup_dir, backup_keep=cfg.backup_keep,
+    retention=RetentionSpec(
+        enabled=cfg.retention, rules=cfg.retention_rules, keep_tags=cfg.retention_keep_tags,
+        protect=cfg.retention_protect, k3s=cfg.k3s_trust,
+    ),
 ))
 if cfg.flux:
     FluxSecret("flux", FluxSecretArgs(

@@ -12,9 +12,13 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 FLUX_API_VERSIONS = ("image.toolkit.fluxcd.io/v1", "image.toolkit.fluxcd.io/v1beta2")
+SEMVER_TAG = "v?[0-9]+[.][0-9]+([.][0-9]+)?([-+][0-9A-Za-z.+-]+)?"
+"""Semver-looking tags (1.2, v1.2.3, 2.0.0-rc.1+build.5); the dot keeps every hexadecimal commit tag out."""
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN_RE = re.compile(rf"^(?:{_LABEL}\.)+[a-z][a-z0-9-]{{0,61}}[a-z0-9]$")
@@ -115,6 +119,14 @@ class Settings:
     """Host directory the backup archives go to (root-only); never removed."""
     backup_keep: int = 7
     """How many backup archives to keep; older ones are deleted after a successful backup."""
+    retention: bool = False
+    """Delete old tags inside the GC window (before garbage-collect), following the retention rules."""
+    retention_rules: tuple[tuple[str, int], ...] = (("*", 10),)
+    """(repository glob, N): in matching repositories keep the newest N tags; the first matching rule wins."""
+    retention_keep_tags: tuple[str, ...] = (SEMVER_TAG, "latest")
+    """Regular expressions a whole tag is matched against: matching tags are always kept."""
+    retention_protect: tuple[str, ...] = ()
+    """Manifest or config digests retention never deletes (images other machines run)."""
 
     @property
     def registry_url(self) -> str:
@@ -155,8 +167,8 @@ def _bool(raw: str) -> bool:
     raise ValueError("true or false")
 
 
-def _list(item: Callable[[str], str], accepted: str) -> Callable[[str], tuple[str, ...]]:
-    def parse(raw: Any) -> tuple[str, ...]:
+def _list(item: Callable[[str], T], accepted: str) -> Callable[[Any], tuple[T, ...]]:
+    def parse(raw: Any) -> tuple[T, ...]:
         values = raw
         if isinstance(raw, str):
             try:
@@ -221,6 +233,35 @@ def _is_calendar(value: str) -> bool:
     return value == "" or (value == value.strip() and bool(_CALENDAR_RE.match(value)))
 
 
+_REPO_GLOB_RE = re.compile(r"^[a-z0-9._/*?-]{1,255}$")
+_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+_RULE = "PATTERN=N: a repository glob (lower-case letters, digits, ._/- and * or ?) and how many tags to keep (1-10000), e.g. 'ruby-demo-app=10' or '*=20'"
+
+
+def _rule(raw: str) -> tuple[str, int]:
+    pattern, sep, count = raw.rpartition("=")
+    if not sep or not _REPO_GLOB_RE.match(pattern) or not count.isdigit() or not 1 <= int(count) <= 10000:
+        raise ValueError(_RULE)
+    return pattern, int(count)
+
+
+def _rules(raw: Any) -> tuple[tuple[str, int], ...]:
+    rules = _list(_rule, _RULE)(raw)
+    if not rules:
+        raise ValueError(f"a non-empty JSON list of {_RULE}")
+    return rules
+
+
+def _tag_regexp(raw: str) -> str:
+    try:
+        re.compile(raw)
+    except re.error as exc:
+        raise ValueError(f"Python regular expressions matched against the whole tag ({raw!r}: {exc})") from None
+    if not raw or "\n" in raw:
+        raise ValueError("non-empty one-line Python regular expressions matched against the whole tag")
+    return raw
+
+
 def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 _USER = "1-64 characters of letters, digits and ._@- (no ':' or whitespace)"
@@ -262,6 +303,10 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "backupSchedule": ("backup_schedule", _str(_CALENDAR, _is_calendar)),
     "backupDir": ("backup_dir", _str(_PATH, _is_abs_path)),
     "backupKeep": ("backup_keep", _int(1, 1000)),
+    "retention": ("retention", _bool),
+    "retentionRules": ("retention_rules", _rules),
+    "retentionKeepTags": ("retention_keep_tags", _list(_tag_regexp, "Python regular expressions matched against the whole tag, such as 'latest' or 'release-.*'")),
+    "retentionProtect": ("retention_protect", _list(_str("digests", lambda v: bool(_DIGEST_RE.match(v))), "digests such as sha256:<64 lower-case hex>")),
 }
 
 SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig"})

@@ -35,6 +35,8 @@ class HostArgs:
     """The registry's port on 127.0.0.1: preflight insists it is free or held by the registry container."""
     registry_container: str
     """Name of the registry container (the one container preflight does not warn about)."""
+    require_python: bool = False
+    """Whether preflight insists on python3 (tag retention runs in it)."""
 
 
 class Host(pulumi.ComponentResource):
@@ -59,7 +61,9 @@ class Host(pulumi.ComponentResource):
         )
         check = self.run(
             f"{name}-preflight",
-            create=scripts.preflight(args.require_k3s, args.k3s_service, args.registry_port, args.registry_container),
+            create=scripts.preflight(
+                args.require_k3s, args.k3s_service, args.registry_port, args.registry_container, args.require_python
+            ),
         )
         directory = self.run(
             f"{name}-data-dir",

@@ -1,8 +1,8 @@
-"""The registry's maintenance on the host: garbage collection and backups in a read-only window, and restore."""
+"""The registry's maintenance on the host: tag retention, garbage collection and backups in a window, and restore."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -36,10 +36,13 @@ class MaintenanceArgs:
     """Where backup archives go; never removed."""
     backup_keep: int
     """How many archives to keep."""
+    retention: ops_render.RetentionSpec = field(default_factory=ops_render.RetentionSpec)
+    """Tag retention inside the GC window (off by default)."""
 
 
 class Maintenance(pulumi.ComponentResource):
-    """Owns /usr/local/sbin/registry-maintenance and the registry-gc, registry-backup and recovery units and timers.
+    """Owns /usr/local/sbin/registry-maintenance (and its retention program and settings), the registry-gc,
+    registry-backup and recovery units and timers.
 
     Removing it removes those files only: the data directory and the backups stay.
     """
@@ -59,6 +62,7 @@ class Maintenance(pulumi.ComponentResource):
                     backup_dir=args.backup_dir,
                     backup_keep=args.backup_keep,
                     gc_delete_untagged=args.gc_delete_untagged,
+                    retention=args.retention,
                 ),
                 args.gc_schedule,
                 args.backup_schedule,

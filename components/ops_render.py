@@ -13,8 +13,10 @@ import io
 import json
 import tarfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from components import retention
 from components.render import MAINTENANCE_FLAG
 from components.scripts import DRAIN_ENV, MAINTENANCE_LOCK, STOP_TIMEOUT, q, registry_docker_run
 
@@ -27,6 +29,9 @@ LOCK_FILE = MAINTENANCE_LOCK
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 """The config file inside the registry:2 image; garbage-collect reads it (plus the container's env)."""
 READ_ONLY_ENV = {"REGISTRY_STORAGE_MAINTENANCE_READONLY": '{"enabled":true}'}
+RETENTION_DIR = "/usr/local/lib/registry-maintenance"
+RETENTION_SCRIPT = f"{RETENTION_DIR}/retention.py"
+RETENTION_CONFIG = "/etc/registry/retention.json"
 
 PROBE_REPOSITORY = "ops/verify-probe"
 PROBE_TAG = "v1"
@@ -45,6 +50,21 @@ PROBE_PLATFORMS: tuple[tuple[str, str, str | None], ...] = (
 
 
 @dataclass(frozen=True)
+class RetentionSpec:
+    """Tag retention in the GC window (components/retention.py); the settings are installed even when it is off."""
+
+    enabled: bool = False
+    rules: tuple[tuple[str, int], ...] = ()
+    """(repository glob, how many of the newest tags to keep); the first match wins."""
+    keep_tags: tuple[str, ...] = ()
+    """Regular expressions (whole tag): such tags always stay."""
+    protect: tuple[str, ...] = ()
+    """Digests never deleted."""
+    k3s: bool = False
+    """k3s runs on this host: if it cannot say which images it holds, nothing is deleted."""
+
+
+@dataclass(frozen=True)
 class MaintenanceSpec:
     """What the maintenance script must know to recreate the registry container exactly as the program does."""
 
@@ -56,6 +76,27 @@ class MaintenanceSpec:
     backup_dir: str
     backup_keep: int
     gc_delete_untagged: bool = False
+    retention: RetentionSpec = field(default_factory=RetentionSpec)
+
+
+def render_retention_config(spec: MaintenanceSpec) -> str:
+    """/etc/registry/retention.json: what the retention script reads (no secret: the registry is reached on loopback)."""
+    policy = spec.retention
+    document = {
+        "enabled": policy.enabled,
+        "registry": f"http://127.0.0.1:{spec.port}",
+        "data_dir": spec.data_dir,
+        "rules": [{"repositories": pattern, "keep": keep} for pattern, keep in policy.rules],
+        "keep_tags": list(policy.keep_tags),
+        "protect": list(policy.protect),
+        "k3s": "required" if policy.k3s else "if-present",
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def retention_script() -> str:
+    """The retention program, shipped as it is in this repository."""
+    return Path(retention.__file__).read_text(encoding="utf-8")
 
 
 _MAINTENANCE_BODY = r"""
@@ -64,8 +105,9 @@ die() { printf 'registry-maintenance: %s\n' "$*" >&2; exit 1; }
 
 usage() {
   cat >&2 <<'USAGE'
-usage: registry-maintenance gc | backup | restore ARCHIVE | recover | status
-  gc               read-only window: garbage-collect --dry-run (logged), then garbage-collect
+usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE | recover | status
+  gc               window: tag retention (when on), then read-only: garbage-collect --dry-run (logged), garbage-collect
+  retention --dry-run  the tags (and manifests) the next gc would delete, and why others stay; changes nothing
   backup           read-only window: archive the registry's data into the backup directory, keep the newest
   restore ARCHIVE  put an archive back; the current data is moved aside inside the data directory, never deleted
   recover          return to read-write if a window was cut short (runs at boot)
@@ -107,19 +149,28 @@ take_lock() {
 }
 
 in_window=0
+relaunch_on_close=0
 partial=''
-open_window() {  # open_window REASON: writes refused by Caddy first, then the registry itself read-only
+refuse_writes() {  # refuse_writes REASON: Caddy answers every write through the site with 503 from now on
   install -d -m 0755 "$(dirname "$FLAG")"
   printf '%s since %s\n' "$1" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$FLAG"
   chmod 0644 "$FLAG"
   in_window=1
+}
+
+open_window() {  # open_window REASON: writes refused by Caddy first, then the registry itself read-only
+  refuse_writes "$1"
+  relaunch_on_close=1
   relaunch read-only
   say "read-only window open for $1: pulls keep working, pushes get 503 until it closes"
 }
 
 close_window() {
   [ "$in_window" = 1 ] || return 0
-  relaunch read-write
+  if [ "$relaunch_on_close" = 1 ]; then
+    relaunch read-write
+    relaunch_on_close=0
+  fi
   rm -f "$FLAG"
   in_window=0
   say "read-only window closed: the registry accepts pushes again"
@@ -147,6 +198,10 @@ collect() {  # collect [--dry-run]: garbage-collect inside the container (it rea
   fi
 }
 
+need_python() {
+  command -v python3 >/dev/null 2>&1 || die "tag retention needs python3 on this host (apt-get install python3-minimal)"
+}
+
 cmd_gc() {
   take_lock
   if [ ! -d "$DATA_DIR/docker/registry/v2/repositories" ]; then
@@ -154,6 +209,19 @@ cmd_gc() {
     return 0
   fi
   before=$(usage_kib)
+  retention_failed=0
+  if [ "$RETENTION" = on ]; then
+    # Deletes need a registry that is not read-only (Distribution answers 405 then), so they come first: Caddy
+    # already refuses pushes (no tag appears or moves meanwhile), while the registry takes the deletes on loopback.
+    if command -v python3 >/dev/null 2>&1; then
+      refuse_writes "tag retention and garbage collection"
+      say "tag retention: pushes through the site get 503 from now on; deleting on 127.0.0.1:$PORT"
+      retention || retention_failed=1
+    else
+      say "tag retention skipped: python3 is not installed on this host"
+      retention_failed=1
+    fi
+  fi
   open_window "garbage collection"
   say "dry run (nothing is deleted):"
   collect --dry-run
@@ -162,6 +230,15 @@ cmd_gc() {
   close_window
   after=$(usage_kib)
   say "garbage collection done: $before KiB -> $after KiB ($((before - after)) KiB reclaimed)"
+  [ "$retention_failed" = 0 ] || die "tag retention failed (see above); garbage collection still ran"
+}
+
+cmd_retention() {
+  [ "${1:-}" = --dry-run ] && [ "$#" = 1 ] ||
+    { usage; die "retention deletes only inside 'registry-maintenance gc'; preview it with: retention --dry-run"; }
+  need_python
+  take_lock
+  retention --dry-run
 }
 
 prune() {
@@ -224,6 +301,7 @@ cmd_restore() {
   printf 'restore since %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$FLAG"
   chmod 0644 "$FLAG"
   in_window=1
+  relaunch_on_close=1
   docker stop -t "$STOP_TIMEOUT" "$NAME" >/dev/null 2>&1 || true
   docker rm -f "$NAME" >/dev/null 2>&1 || true
   if [ -e "$DATA_DIR/docker" ]; then
@@ -253,6 +331,7 @@ cmd_recover() {
   fi
   if is_read_only; then
     in_window=1
+    relaunch_on_close=1
     close_window
     say "a maintenance window had been cut short; recovered"
   else
@@ -267,6 +346,7 @@ cmd_status() {
   if is_read_only; then say "mode: read-only (maintenance window)"; else say "mode: read-write"; fi
   [ ! -f "$FLAG" ] || say "window: $(cat "$FLAG")"
   say "data: $(usage_kib) KiB in $DATA_DIR/docker, $(df -h --output=avail "$DATA_DIR" | tail -n 1 | tr -d ' ') free"
+  say "tag retention in the GC window: $RETENTION (preview: registry-maintenance retention --dry-run)"
   say "backups in $BACKUP_DIR (keeping $KEEP):"
   found=0
   for f in "$BACKUP_DIR"/registry-*.tar; do
@@ -281,6 +361,7 @@ cmd_status() {
 [ "$(id -u)" = 0 ] || die "run as root: sudo registry-maintenance $*"
 case "${1:-}" in
   gc) cmd_gc ;;
+  retention) shift; cmd_retention "$@" ;;
   backup) cmd_backup ;;
   restore) shift; cmd_restore "$@" ;;
   recover) cmd_recover ;;
@@ -313,12 +394,14 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         f"LOCK={q(LOCK_FILE)}",
         f"CONFIG={q(REGISTRY_CONFIG)}",
         f"STOP_TIMEOUT={STOP_TIMEOUT}",
+        f"RETENTION={'on' if spec.retention.enabled else 'off'}",
         "",
         # --delete-untagged is off by default: in 2.8 it deletes the per-platform children of multi-arch images.
         f'garbage_collect() {{ docker exec "$NAME" /bin/registry garbage-collect "$@"{untagged} "$CONFIG"; }}',
         "# The container exactly as the program creates it, plus a drain timeout (and the read-only switch).",
         f"launch_read_write() {{ {launch}; }}",
         f"launch_read_only() {{ {launch_ro}; }}",
+        f"retention() {{ python3 -I {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)} \"$@\"; }}",
     ]
     return "\n".join(header) + "\n" + _MAINTENANCE_BODY
 
@@ -389,6 +472,8 @@ def maintenance_files(spec: MaintenanceSpec, gc_schedule: str, backup_schedule: 
     """Every file the maintenance install writes; a timer only for a non-empty schedule."""
     files = [
         HostFile(MAINTENANCE_SCRIPT, "0755", render_maintenance_script(spec)),
+        HostFile(RETENTION_SCRIPT, "0644", retention_script()),
+        HostFile(RETENTION_CONFIG, "0644", render_retention_config(spec)),
         HostFile(f"{UNIT_DIR}/{GC_UNIT}.service", "0644", render_service("Registry garbage collection (read-only window)", "gc")),
         HostFile(f"{UNIT_DIR}/{BACKUP_UNIT}.service", "0644", render_service("Registry backup (read-only window)", "backup")),
         HostFile(f"{UNIT_DIR}/{RECOVER_UNIT}.service", "0644", render_recover_service()),
@@ -425,6 +510,9 @@ def maintenance_install(spec: MaintenanceSpec, gc_schedule: str, backup_schedule
     lines += ["umask 022", "tmp=$(mktemp -d)", "trap 'rm -rf \"$tmp\"' EXIT"]
     for index, file in enumerate(files):
         lines += _heredoc(file.content, f'"$tmp/{index}"')
+    lines.append(f"install -d -m 0755 {q(RETENTION_DIR)}")
+    # /etc/registry holds the container's env file (0700); create it only if missing, never loosen it.
+    lines.append("[ -d /etc/registry ] || install -d -m 0700 /etc/registry")
     for index, file in enumerate(files):
         lines.append(f'install -m {file.mode} "$tmp/{index}" {q(file.path)}')
     lines.append(f"install -d -m 0700 {q(spec.backup_dir)}")
@@ -452,7 +540,9 @@ def maintenance_remove(backup_dir: str) -> str:
         f"systemctl stop {q(GC_UNIT + '.service')} {q(BACKUP_UNIT + '.service')} 2>/dev/null || true",
         f"systemctl disable --now {q(GC_UNIT + '.timer')} {q(BACKUP_UNIT + '.timer')} 2>/dev/null || true",
         f"systemctl disable {q(RECOVER_UNIT + '.service')} 2>/dev/null || true",
-        "rm -f " + " ".join(q(f"{UNIT_DIR}/{unit}") for unit in units) + f" {q(MAINTENANCE_SCRIPT)}",
+        "rm -f " + " ".join(q(f"{UNIT_DIR}/{unit}") for unit in units)
+        + f" {q(MAINTENANCE_SCRIPT)} {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)}",
+        f"rmdir {q(RETENTION_DIR)} 2>/dev/null || true",
         "systemctl daemon-reload",
         f"echo {q(f'maintenance timers removed; the backups in {backup_dir} and the registry data are kept')}",
     ]

@@ -28,13 +28,20 @@ def _script(*lines: str) -> str:
     return "\n".join(["set -eu", *lines]) + "\n"
 
 
-def preflight(require_k3s: bool, k3s_service: str, registry_port: int, container: str) -> str:
+def preflight(
+    require_k3s: bool, k3s_service: str, registry_port: int, container: str, require_python: bool = False
+) -> str:
     """Fail with one readable line per problem before anything is changed on the host; warn about what it leaves alone."""
     lines = [
         "problems=''",
         "fail() { problems=\"${problems}preflight: $1\n\"; }",
         "warn() { printf 'preflight: warning: %s\\n' \"$1\" >&2; }",
         "command -v curl >/dev/null 2>&1 || fail 'curl is not installed (needed to check the registry answers)'",
+        *(
+            ["command -v python3 >/dev/null 2>&1 || fail 'python3 is not installed (tag retention runs in it; or set retention=false)'"]
+            if require_python
+            else []
+        ),
         "docker_up=0",
         "if ! command -v docker >/dev/null 2>&1; then fail 'Docker is not installed (install docker.io or docker-ce)'",
         "elif ! docker info >/dev/null 2>&1; then fail 'Docker is installed but the engine is not running'",

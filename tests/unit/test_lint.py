@@ -20,7 +20,7 @@ VARIANTS = {
     },
     "ubuntu, every option": {
         **TYPICAL, "registryCaFile": "/etc/rancher/k3s/registry-ca.pem", "acmeCaUrl": "https://ca.test:14000/dir",
-        "acmeCaRoot": "/etc/caddy/test-ca.pem",
+        "acmeCaRoot": "/etc/caddy/test-ca.pem", "retention": "true",
     },
     "ubuntu, no k3s or flux": {**TYPICAL, "k3sTrust": "false", "flux": "false"},
 }

@@ -231,6 +231,8 @@ def test_remove_takes_units_and_script_but_never_data_or_backups() -> None:
         "/etc/systemd/system/registry-backup.service",
         "/etc/systemd/system/registry-maintenance-recover.service",
         "/usr/local/sbin/registry-maintenance",
+        "/usr/local/lib/registry-maintenance/retention.py",
+        "/etc/registry/retention.json",
     }
     # Stopping a running window first lets its exit trap put the registry back to read-write.
     assert remove.index("systemctl stop registry-gc.service registry-backup.service") < remove.index("rm -f")
@@ -544,7 +546,11 @@ def test_maintenance_install_follows_the_registry_container(typical: ProgramRun)
     assert typical.named("registry-container").urn in install.dependencies
     assert install.parent == typical.named("maintenance").urn
     assert install.inputs.get("stdin") is None  # nothing secret in it: it logs normally
-    spec = MaintenanceSpec(**{**SPEC.__dict__})
+    settings = parse_settings(TYPICAL)
+    retention = ops_render.RetentionSpec(
+        rules=settings.retention_rules, keep_tags=settings.retention_keep_tags, k3s=True
+    )
+    spec = MaintenanceSpec(**{**SPEC.__dict__, "retention": retention})
     assert _script(install) == ops_render.maintenance_install(spec, GC_SCHEDULE, BACKUP_SCHEDULE)
     assert _script(install, "delete") == ops_render.maintenance_remove("/srv/backups/registry")
 
