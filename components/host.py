@@ -31,6 +31,14 @@ class HostArgs:
     """Whether preflight insists on the k3s unit."""
     k3s_service: str
     """k3s unit name checked by preflight."""
+    container: str
+    """Name of the registry container (preflight reports one made by hand)."""
+    domain: str
+    """The registry's domain (preflight reports an inline Caddy site for it)."""
+    caddyfile: str
+    """The main Caddyfile."""
+    registries_file: str
+    """k3s's registries.yaml (preflight reports an existing one when k3s trust is on)."""
 
 
 class Host(pulumi.ComponentResource):
@@ -55,13 +63,22 @@ class Host(pulumi.ComponentResource):
         )
         check = self.run(
             f"{name}-preflight",
-            create=scripts.preflight(args.require_k3s, args.k3s_service),
+            create=scripts.preflight(
+                args.require_k3s, args.k3s_service, container=args.container, data_dir=args.data_dir,
+                domain=args.domain, caddyfile=args.caddyfile,
+                registries_file=args.registries_file if args.require_k3s else None,
+            ),
         )
         directory = self.run(
             f"{name}-data-dir",
             create=scripts.data_dir(args.data_dir),
             opts=pulumi.ResourceOptions(depends_on=[check]),
         )
+        if pulumi.runtime.is_dry_run():
+            notice = scripts.takeover_notice(
+                args.container, args.domain, args.caddyfile, args.registries_file if args.require_k3s else None
+            )
+            pulumi.log.info(notice, resource=self)
         # Every later command on this host waits for the preflight check and the data directory.
         self._ready = directory
         # Outputs derived from the commands carry them as dependencies to every consumer.

@@ -131,10 +131,19 @@ def run_program(
 # --- everything below runs inside the subprocess -------------------------------------------------
 
 
-def _fake_outputs(typ: str, inputs: dict[str, Any], previous: dict[str, Any] | None, preview: bool) -> dict[str, Any]:
-    """What a provider would return: inputs echoed, plus generated values that persist in state."""
+def _fake_outputs(
+    typ: str, inputs: dict[str, Any], previous: dict[str, Any] | None, preview: bool, ignored: list[str]
+) -> dict[str, Any]:
+    """What a provider would return: inputs echoed, plus generated values that persist in state.
+
+    `ignored` (ignore_changes) keeps those inputs at their previous values, as the engine does.
+    """
     import bcrypt
 
+    if previous is not None:
+        for key in ignored:
+            if key in previous["inputs"]:
+                inputs[key] = previous["inputs"][key]
     outputs = dict(inputs)
     if typ == "random:index/randomPassword:RandomPassword":
         if previous is not None and reveal(previous["inputs"]) == reveal(inputs):
@@ -165,11 +174,14 @@ def _child_main() -> None:
     previous_state: dict[str, Any] = request["state"]
     new_state: dict[str, Any] = {}
     registrations: list[dict[str, Any]] = []
+    ignore_changes: dict[str, list[str]] = {}
 
     class StatefulMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
             key = f"{args.typ}::{args.name}"
-            outputs = _fake_outputs(args.typ, args.inputs, previous_state.get(key), preview)
+            outputs = _fake_outputs(
+                args.typ, args.inputs, previous_state.get(key), preview, ignore_changes.get(args.name, [])
+            )
             new_state[key] = {"inputs": args.inputs, "outputs": outputs}
             return f"{args.name}-id", outputs
 
@@ -178,6 +190,7 @@ def _child_main() -> None:
 
     class RecordingMonitor(pmocks.MockMonitor):
         def RegisterResource(self, req: Any) -> Any:  # noqa: N802 (gRPC method name)
+            ignore_changes[req.name] = list(req.ignoreChanges)
             if req.type != "pulumi:pulumi:Stack":
                 registrations.append(
                     {
