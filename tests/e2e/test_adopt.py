@@ -184,11 +184,12 @@ class Adoption:
     site_loop: list[str] = field(default_factory=list)
     k3s_loop: list[str] = field(default_factory=list)
 
-    def apply(self, **changes: str) -> replay.ApplyResult:
+    def apply(self, state_dir: e2e_apply.StateDir | None = None, **changes: str) -> replay.ApplyResult:
         config = {**self.config, **changes}
-        outcome = e2e_apply.up(config, self.state_dir, stack=STACK, console=lambda _line: None)
+        outcome = e2e_apply.up(config, state_dir or self.state_dir, stack=STACK, console=lambda _line: None)
         assert outcome.result is not None
-        self.run = outcome.run
+        if state_dir is None:
+            self.run = outcome.run
         return outcome.result
 
 
@@ -245,8 +246,9 @@ def adoption(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> It
         stack_config(testhost, existingPushPassword=old_password, flux="true"), old_password, digests, snapshot(c),
     )  # fmt: skip
     try:
-        # First, the failure: a site Caddy rejects must leave everything as it was.
-        a.rejected = a.apply(acmeCaRoot="/etc/pebble/no-such-ca.pem")
+        # First, on a throwaway stack, the failure: a site Caddy rejects must leave everything as it was.
+        throwaway = e2e_apply.StateDir(tmp_path_factory.mktemp("adopt-rejected"))
+        a.rejected = a.apply(throwaway, acmeCaRoot="/etc/pebble/no-such-ca.pem")
         a.rejected_after = snapshot(c)
         stop = f"/run/adopt-loops-{time.monotonic_ns()}.stop"
         refs = ",".join(IMAGES)
@@ -257,7 +259,7 @@ def adoption(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> It
         k3s = Loop(testhost, ["sh", "-c", K3S_LOOP, "k3s-loop", stop, f"{testhost.domain}/{IMAGES[1]}", "5"]).start()
         time.sleep(3)
         try:
-            a.result = a.apply()
+            a.result = a.apply()  # the stack's first `up`
             time.sleep(6)
         finally:
             c.sh(f"touch {stop}")
@@ -314,8 +316,8 @@ def test_the_first_up_takes_over_without_a_manual_step(adoption: Adoption) -> No
 
 
 def test_preflight_said_what_it_takes_over(adoption: Adoption) -> None:
-    assert adoption.rejected is not None
-    out = next(e.stdout for e in adoption.rejected.executions if e.name == "host-preflight")
+    assert adoption.result is not None
+    out = names(adoption.result)["host-preflight"].stdout
     domain = adoption.host.domain
     assert "preflight: takes over the existing container registry (registry:2)" in out
     assert f"the data directory {DATA_DIR} is kept as it is (root:root 755)" in out
