@@ -77,6 +77,8 @@ class ProgramRun:
     state: dict[str, Any]
     error: str | None = None
     secret_exports: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    """Messages the program logged (pulumi.log), as `severity: message`: what the CLI shows under Diagnostics."""
 
     def by_type(self, typ: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == typ]
@@ -125,6 +127,7 @@ def run_program(
         state=out["state"],
         error=out["error"],
         secret_exports=out["secret_exports"],
+        logs=out["logs"],
     )
 
 
@@ -163,6 +166,8 @@ def _fake_outputs(
 
 
 def _child_main() -> None:
+    import logging
+
     import pulumi
     from pulumi.runtime import mocks as pmocks
     from pulumi.runtime import rpc
@@ -210,11 +215,21 @@ def _child_main() -> None:
                 )
             return super().RegisterResource(req)
 
+    logs: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logs.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+    logger = logging.getLogger("registry-harness")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Collect())
     config = {f"{PROJECT}:{k}": v for k, v in request["config"].items()}
     pulumi.runtime.set_all_config(config, [f"{PROJECT}:{k}" for k in request["secret_keys"]])
     mocks = StatefulMocks()
     pulumi.runtime.set_mocks(
-        mocks, project=PROJECT, stack=request["stack"], preview=preview, monitor=RecordingMonitor(mocks)
+        mocks, project=PROJECT, stack=request["stack"], preview=preview, monitor=RecordingMonitor(mocks), logger=logger
     )
     error = None
     exports: dict[str, Any] = {}
@@ -240,6 +255,7 @@ def _child_main() -> None:
             "secret_exports": secret_exports,
             "state": new_state,
             "error": error,
+            "logs": logs,
         },
         sys.stdout,
         default=lambda o: UNKNOWN if type(o).__name__ == "Unknown" else str(o),

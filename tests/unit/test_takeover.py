@@ -292,3 +292,9 @@ def test_the_preview_notice_says_what_a_first_update_takes_over() -> None:
     assert "Caddyfile.YYYYMMDD-HHMMSS.bak" in notice and "other sites stay" in notice
     assert "/etc/rancher/k3s/registries.yaml is merged" in notice and "every other entry and key stays" in notice
     assert "registries.yaml" not in scripts.takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", None)
+
+
+def test_the_notice_is_in_every_preview_and_not_in_an_update(programs: Programs) -> None:
+    notice = scripts.takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", "/etc/rancher/k3s/registries.yaml")
+    assert f"info: {notice}" in programs.ok(TYPICAL, preview=True).logs
+    assert not [line for line in programs.ok(TYPICAL).logs if "takes over" in line]
