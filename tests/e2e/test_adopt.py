@@ -402,6 +402,22 @@ def test_a_second_up_changes_nothing(adoption: Adoption) -> None:
     assert again.executions == []
 
 
+def test_an_update_whose_site_is_rejected_leaves_registries_yaml_and_k3s_untouched(adoption: Adoption) -> None:
+    c = adoption.clients
+    ca_copy = "/etc/rancher/k3s/registry-ca-copy.pem"
+    c.sh(f"cp {REGISTRY_CA_FILE} {ca_copy}")
+    before = snapshot(c)
+    # Both the site (acmeCaRoot) and the trust file (registryCaFile) change; Caddy rejects the site.
+    result = adoption.apply(registryCaFile=ca_copy, acmeCaRoot="/etc/pebble/no-such-ca.pem")
+    assert not result.ok
+    changed = {s.name for s in result.changed()}
+    assert {"caddy-site-file", "k3s-trust-file", "k3s-trust-restart"} <= changed
+    assert set(names(result)) == {"caddy-site-file"}
+    assert snapshot(c) == before
+    restored = adoption.apply()
+    assert restored.ok and restored.executions == [], restored.error
+
+
 def test_destroy_removes_only_the_programs_entry_and_keeps_the_data(adoption: Adoption) -> None:
     c = adoption.clients
     result = e2e_apply.down(adoption.state_dir, console=lambda _line: None)
