@@ -128,7 +128,8 @@ def takeover_notice(container: str, domain: str, caddyfile: str, registries_file
 def data_dir(path: str) -> str:
     """Create the registry's data directory (root-owned: registry:2 runs as root); an existing one is left as it is.
 
-    registry:2 runs as root, so whatever mode and owner a hand-made directory has, the registry can use it.
+    registry:2 runs as root, so a hand-made directory's mode and owner already let it in (Docker without user
+    namespace remapping); changing them could lock out whoever else reads the directory.
     """
     return _script(
         f"if [ -d {q(path)} ]; then echo \"data directory {path} kept as it is ($(stat -c '%U:%G %a' {q(path)}))\"",
