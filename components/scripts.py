@@ -200,7 +200,10 @@ def caddy_site_install(caddyfile: str, site_file: str, domain: str) -> str:
         'mv "$tmp" "$site"',
         "main_changed=0",
         # cat, not mv: the main Caddyfile keeps its owner, mode and inode.
-        'if ! cmp -s "$main_new" "$main"; then main_changed=1; cp -p "$main" "$backup"; cat "$main_new" > "$main"; fi',
+        # The backup is root-only: an inline site's basic_auth hashes were in it (and may still be live ones).
+        'if ! cmp -s "$main_new" "$main"; then',
+        '  main_changed=1; cp "$main" "$backup"; chmod 0600 "$backup"; cat "$main_new" > "$main"',
+        "fi",
         'if ! out=$(caddy validate --adapter caddyfile --config "$main" 2>&1); then',
         '  if [ -f "$site.bak" ]; then mv "$site.bak" "$site"; else rm -f "$site"; fi',
         '  if [ "$main_changed" = 1 ]; then cat "$backup" > "$main"; rm -f "$backup"; fi',

@@ -383,6 +383,7 @@ def test_the_inline_site_is_replaced_in_one_reload_and_kept_as_a_dated_backup(ad
     backups = c.sh(f"ls {CADDYFILE}.*.bak").stdout.split()
     assert len(backups) == 1 and backups[0].startswith(f"{CADDYFILE}.20")
     assert c.sh(f"cat {q(backups[0])}").stdout == adoption.before["caddyfile"]
+    assert c.sh(f"stat -c '%U:%G %a' {q(backups[0])}").stdout.split() == ["root:root", "600"]  # it holds a hash
     site = names(adoption.result)["caddy-site-file"]
     assert "taking over lines " in site.stdout and backups[0] in site.stdout
     assert c.sh(f"curl -sS http://127.0.0.1:{OTHER_SITE_PORT}/").stdout == "another site on this server"
