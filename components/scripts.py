@@ -85,7 +85,7 @@ def preflight(
         "  fi",
         "  systemctl cat caddy.service >/dev/null 2>&1 || fail 'Caddy is installed but caddy.service is missing (install Caddy from its Debian/Ubuntu package)'",
         "fi",
-        f"if [ -f {q(caddyfile)} ] && at=$(grep -nE {q(_site_address_regexp(domain))} {q(caddyfile)} | cut -d: -f1 | tr '\\n' ' ') && [ -n \"$at\" ]; then",
+        f"if [ -f {q(caddyfile)} ] && at=$(grep -nE {q(_site_address_regexp(domain))} {q(caddyfile)} | cut -d: -f1 | paste -sd ' ' -) && [ -n \"$at\" ]; then",
         f"  take \"the inline site for {domain} in {caddyfile} (line $at): replaced by the program's site in one validated reload; the original is kept as {caddyfile}.<date>-<time>.bak\"",
         "fi",
     ]
