@@ -11,7 +11,7 @@ from components.host import Host, HostArgs
 from components.k3s_trust import K3sTrust, K3sTrustArgs
 from components.maintenance import Maintenance, MaintenanceArgs
 from components.ops_render import RetentionSpec
-from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryContainer
+from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryContainer, upstream_address
 from components.verify import Verify, VerifyArgs
 
 cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
@@ -19,24 +19,27 @@ cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
 host = Host("host", HostArgs(
     address=cfg.host, port=cfg.ssh_port, user=cfg.ssh_user, private_key=cfg.ssh_private_key,
     host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
-    registry_port=cfg.registry_port, registry_container=CONTAINER,
-    require_python=cfg.retention,
+    registry_port=cfg.registry_port, container=CONTAINER, domain=cfg.domain, caddyfile=cfg.caddyfile,
+    registries_file=cfg.k3s_registries_file,
 ))
 creds = Credentials("credentials", CredentialsArgs(
     push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,
+    kept_push_password=pulumi.Output.secret(cfg.existing_push_password) if cfg.existing_push_password else None,
 ))
-registry = RegistryContainer("registry", RegistryArgs(
-    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret,
-))
+# Order (no data shows it): the site goes live first; the container swap (pulls held by the site's retries), the
+# trust file, the k3s restart and the Flux secret follow only once it accepts the credentials they use.
 site = CaddySite("caddy-site", CaddySiteArgs(
-    host=host, upstream=registry.upstream, domain=cfg.domain, acme_email=cfg.acme_email,
+    host=host, upstream=upstream_address(cfg.registry_port), domain=cfg.domain, acme_email=cfg.acme_email,
     push_user=cfg.push_user, push_hash=creds.push_hash, pull_user=cfg.pull_user, pull_hash=creds.pull_hash,
     allowlist=cfg.allowlist, acme_ca_url=cfg.acme_ca_url, acme_ca_root=cfg.acme_ca_root,
     caddyfile=cfg.caddyfile, site_file=cfg.caddy_site_file,
 ))
+registry = RegistryContainer("registry", RegistryArgs(
+    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret, after=[site.install],
+))
 trust = K3sTrust("k3s-trust", K3sTrustArgs(
     host=host, registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password,
-    path=cfg.k3s_registries_file, service=cfg.k3s_service, ca_file=cfg.registry_ca_file,
+    path=cfg.k3s_registries_file, service=cfg.k3s_service, ca_file=cfg.registry_ca_file, after=[site.install],
 )) if cfg.k3s_trust else None
 if cfg.verify:
     Verify("verify", VerifyArgs(
@@ -44,7 +47,7 @@ if cfg.verify:
         pull_user=cfg.pull_user, pull_password=creds.pull_password, ca_file=cfg.registry_ca_file,
         k3s=trust is not None, allowlist=bool(cfg.allowlist),
         triggers=[site.content_sha256, trust.content_sha256 if trust else "", cfg.registry_image, cfg.registry_port],
-        after=[site, *([trust] if trust else [])],
+        after=[site, registry, *([trust] if trust else [])],
     ))
 Maintenance("maintenance", MaintenanceArgs(
     host=host, upstream=registry.upstream, container=CONTAINER, image=cfg.registry_image, port=cfg.registry_port,
@@ -59,7 +62,7 @@ if cfg.flux:
     FluxSecret("flux", FluxSecretArgs(
         registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password, kubeconfig=cfg.kubeconfig,
         namespace=cfg.flux_namespace, secret_name=cfg.flux_secret_name, images=cfg.flux_images,
-        api_version=cfg.flux_api_version, interval=cfg.flux_interval,
+        api_version=cfg.flux_api_version, interval=cfg.flux_interval, after=[site.install],
     ))
 
 pulumi.export("registryHost", cfg.domain)

@@ -18,7 +18,7 @@ class CaddySiteArgs:
     host: Host
     """Where Caddy runs."""
     upstream: pulumi.Input[str]
-    """The registry's loopback address (ties the site to the container)."""
+    """The registry's loopback address."""
     domain: str
     """Public name of the site."""
     acme_email: str
@@ -44,9 +44,12 @@ class CaddySiteArgs:
 
 
 class CaddySite(pulumi.ComponentResource):
-    """Owns the site file and its import line; validates before it replaces, reloads gracefully."""
+    """Owns the site file and its import line, and takes over an inline site for the same domain in the main
+    Caddyfile (kept as a dated backup); validates before it replaces, reloads gracefully."""
 
     content_sha256: pulumi.Output[str]
+    install: pulumi.Resource
+    """The step that makes the site live; what depends on the site's credentials waits for it."""
 
     def __init__(self, name: str, args: CaddySiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
@@ -68,10 +71,11 @@ class CaddySite(pulumi.ComponentResource):
         )
         install = args.host.run(
             f"{name}-file",
-            create=scripts.caddy_site_install(args.caddyfile, args.site_file),
+            create=scripts.caddy_site_install(args.caddyfile, args.site_file, args.domain),
             delete=scripts.caddy_site_remove(args.caddyfile, args.site_file),
             stdin=pulumi.Output.secret(site),
             parent=self,
         )
+        self.install = install
         self.content_sha256 = install.stdin.apply(lambda s: render.sha256(s or ""))
         self.register_outputs({"content_sha256": self.content_sha256})

@@ -73,6 +73,8 @@ class Settings:
     """Length of the generated passwords."""
     credential_rotation: str = "1"
     """Change this value to rotate both passwords."""
+    existing_push_password: str | None = field(default=None, repr=False)
+    """CI's existing push password (secret config), kept through a takeover until the next rotation."""
     registry_image: str = "registry:2"
     """Registry image, pinnable by digest."""
     registry_port: int = 5000
@@ -279,6 +281,10 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "pushUser": ("push_user", _str(_USER, lambda v: bool(_USER_RE.match(v)))),
     "pullUser": ("pull_user", _str(_USER, lambda v: bool(_USER_RE.match(v)))),
     "passwordLength": ("password_length", _int(20, 72)),
+    "existingPushPassword": ("existing_push_password", _optional(_str(
+        "1-72 bytes of printable characters (no newline); it must be the password CI pushes with today",
+        lambda v: 0 < len(v.encode()) <= 72 and v.isprintable(),
+    ))),
     "credentialRotation": ("credential_rotation", _str("1-64 characters of letters, digits and ._-", lambda v: bool(_ROTATION_RE.match(v)))),
     "registryImage": ("registry_image", _str("an image reference such as registry:2 or registry@sha256:<64 hex>", lambda v: bool(_IMAGE_RE.match(v)))),
     "registryPort": ("registry_port", _int(1024, 65535)),
@@ -309,7 +315,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "retentionProtect": ("retention_protect", _list(_str("digests", lambda v: bool(_DIGEST_RE.match(v))), "digests such as sha256:<64 lower-case hex>")),
 }
 
-SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig"})
+SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig", "existingPushPassword"})
 
 
 def _show(key: str, raw: Any) -> str:

@@ -33,6 +33,8 @@ class FluxSecretArgs:
     """ImageRepository API version."""
     interval: str
     """Scan interval."""
+    after: Sequence[pulumi.Resource] = ()
+    """The step that makes the site accepting the pull credential live: the secret changes only after it."""
 
 
 class FluxSecret(pulumi.ComponentResource):
@@ -60,7 +62,7 @@ class FluxSecret(pulumi.ComponentResource):
             metadata=k8s.meta.v1.ObjectMetaArgs(name=args.secret_name, namespace=args.namespace),
             type="kubernetes.io/dockerconfigjson",
             string_data={".dockerconfigjson": config_json},
-            opts=in_cluster,
+            opts=pulumi.ResourceOptions.merge(in_cluster, pulumi.ResourceOptions(depends_on=list(args.after))),
         )
         for image in args.images:
             k8s.apiextensions.CustomResource(

@@ -33,10 +33,14 @@ class HostArgs:
     """k3s unit name checked by preflight."""
     registry_port: int
     """The registry's port on 127.0.0.1: preflight insists it is free or held by the registry container."""
-    registry_container: str
-    """Name of the registry container (the one container preflight does not warn about)."""
-    require_python: bool = False
-    """Whether preflight insists on python3 (tag retention runs in it)."""
+    container: str
+    """Name of the registry container (preflight reports one made by hand and warns about every other publishing a port)."""
+    domain: str
+    """The registry's domain (preflight reports an inline Caddy site for it)."""
+    caddyfile: str
+    """The main Caddyfile."""
+    registries_file: str
+    """k3s's registries.yaml (preflight reports an existing one when k3s trust is on)."""
 
 
 class Host(pulumi.ComponentResource):
@@ -62,7 +66,9 @@ class Host(pulumi.ComponentResource):
         check = self.run(
             f"{name}-preflight",
             create=scripts.preflight(
-                args.require_k3s, args.k3s_service, args.registry_port, args.registry_container, args.require_python
+                args.require_k3s, args.k3s_service, registry_port=args.registry_port, container=args.container,
+                data_dir=args.data_dir, domain=args.domain, caddyfile=args.caddyfile,
+                registries_file=args.registries_file if args.require_k3s else None,
             ),
         )
         directory = self.run(
@@ -70,6 +76,11 @@ class Host(pulumi.ComponentResource):
             create=scripts.data_dir(args.data_dir),
             opts=pulumi.ResourceOptions(depends_on=[check]),
         )
+        if pulumi.runtime.is_dry_run():
+            notice = scripts.takeover_notice(
+                args.container, args.domain, args.caddyfile, args.registries_file if args.require_k3s else None
+            )
+            pulumi.log.info(notice, resource=self)
         # Every later command on this host waits for the preflight check and the data directory.
         self._ready = directory
         # Outputs derived from the commands carry them as dependencies to every consumer.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -28,32 +29,38 @@ class K3sTrustArgs:
     """k3s unit to restart: k3s or k3s-agent."""
     ca_file: str | None
     """CA file on the host for the registry's certificate, if not publicly trusted."""
+    after: Sequence[pulumi.Resource] = ()
+    """The step that makes the site accepting the pull credential live: nothing here changes before it succeeded."""
 
 
 class K3sTrust(pulumi.ComponentResource):
-    """Owns /etc/rancher/k3s/registries.yaml (root:root 0600) and restarts k3s only when its content changes."""
+    """Owns its registry's entries in /etc/rancher/k3s/registries.yaml (root:root 0600; every other entry is kept)
+    and restarts k3s only when the file's content changed."""
 
     content_sha256: pulumi.Output[str]
 
     def __init__(self, name: str, args: K3sTrustArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
         content = pulumi.Output.from_input(args.password).apply(
-            lambda pw: render.render_registries_yaml(args.registry, args.username, pw, args.ca_file)
+            lambda pw: render.render_registries_owned(args.registry, args.username, pw, args.ca_file)
         )
+        # The merge happens on the host: reading the file here would put other registries' secrets in state.
         written = args.host.run(
             f"{name}-file",
             create=scripts.trust_file_write(args.path),
-            delete=scripts.trust_file_remove(args.path),
+            delete=scripts.trust_file_remove(args.path, args.registry),
             stdin=content,
             parent=self,
+            opts=pulumi.ResourceOptions(depends_on=list(args.after)),
         )
-        # The digest is taken from the written command's stdin, so the restart depends on the write.
+        # Triggered by the digest of the program's own entries (known in preview, the same on every host); the
+        # script restarts k3s only if the write step left a restart pending, i.e. the merged file really changed.
         self.content_sha256 = pulumi.Output.secret(written.stdin.apply(lambda s: render.sha256(s or "")))
         args.host.run(
             f"{name}-restart",
             create=scripts.k3s_restart(args.service),
             triggers=[self.content_sha256, args.service],
             parent=self,
-            opts=pulumi.ResourceOptions(depends_on=[written]),
+            opts=pulumi.ResourceOptions(depends_on=[written, *args.after]),
         )
         self.register_outputs({"content_sha256": self.content_sha256})

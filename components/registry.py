@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -24,6 +25,13 @@ class RegistryArgs:
     """Port the registry listens on, on the server's 127.0.0.1 (Caddy's upstream)."""
     http_secret: pulumi.Input[str]
     """Stable REGISTRY_HTTP_SECRET (secret)."""
+    after: Sequence[pulumi.Resource] = ()
+    """The Caddy site step: the container is swapped only once a site that holds pulls across the swap is live."""
+
+
+def upstream_address(port: int) -> str:
+    """Where Caddy reaches the registry."""
+    return f"127.0.0.1:{port}"
 
 
 class RegistryContainer(pulumi.ComponentResource):
@@ -44,7 +52,7 @@ class RegistryContainer(pulumi.ComponentResource):
             # A new image or setting replaces the container; removing the old one first frees its name and port.
             triggers=[args.image, args.port],
             parent=self,
-            opts=pulumi.ResourceOptions(delete_before_replace=True),
+            opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
         )
-        self.upstream = container.create.apply(lambda _: f"127.0.0.1:{args.port}")
+        self.upstream = container.create.apply(lambda _: upstream_address(args.port))
         self.register_outputs({"upstream": self.upstream})

@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import yaml
+from components.host_tools import registries_merge
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 MAINTENANCE_FLAG = "/run/registry/read-only"
@@ -167,16 +167,25 @@ def dockerconfigjson(registry: str, username: str, password: str) -> str:
     return json.dumps({"auths": {registry: entry}}, indent=2, sort_keys=True) + "\n"
 
 
-def render_registries_yaml(registry: str, username: str, password: str, ca_file: str | None = None) -> str:
-    """k3s's registries.yaml trusting one registry with one credential.
+def registries_entries(registry: str, username: str, password: str, ca_file: str | None = None) -> dict[str, dict]:
+    """The entries of k3s's registries.yaml the program owns: its registry under `configs`, one credential.
 
     No mirror entry: for a registry served under its own name, `configs` alone is what k3s needs.
     """
     host_config: dict[str, object] = {"auth": {"username": username, "password": password}}
     if ca_file:
         host_config["tls"] = {"ca_file": ca_file}
-    document = {"configs": {registry: host_config}}
-    return "# Managed by the registry Pulumi program.\n" + yaml.safe_dump(document, sort_keys=True, default_flow_style=False)
+    return {"configs": {registry: host_config}}
+
+
+def render_registries_owned(registry: str, username: str, password: str, ca_file: str | None = None) -> str:
+    """What the trust file step sends on stdin: the owned entries as JSON, merged into the host's file there."""
+    return json.dumps(registries_entries(registry, username, password, ca_file), sort_keys=True) + "\n"
+
+
+def render_registries_yaml(registry: str, username: str, password: str, ca_file: str | None = None) -> str:
+    """registries.yaml as the program writes it where there was none (the host's merge tool renders the same)."""
+    return registries_merge.render(registries_entries(registry, username, password, ca_file))
 
 
 def render_registry_env(http_secret: str, container_root: str = "/var/lib/registry") -> str:

@@ -5,11 +5,18 @@ Every value is quoted through `q`; no script ever contains a secret (secrets arr
 
 from __future__ import annotations
 
+import json
 import posixpath
+import re
 import shlex
 from collections.abc import Mapping
+from pathlib import Path
 
 q = shlex.quote
+
+HOST_TOOLS = Path(__file__).parent / "host_tools"
+K3S_RESTART_PENDING = "/run/registry/k3s-restart-pending"
+"""Left by the trust file step when it changed registries.yaml; the restart step restarts k3s only then."""
 
 MIN_CADDY = (2, 8)
 MAINTENANCE_LOCK = "/run/lock/registry-maintenance.lock"
@@ -17,6 +24,8 @@ MAINTENANCE_LOCK = "/run/lock/registry-maintenance.lock"
 DRAIN_ENV = {"REGISTRY_HTTP_DRAINTIMEOUT": "20s"}
 """On SIGTERM the registry finishes requests in flight (a long blob download) before it exits."""
 STOP_TIMEOUT = 25
+MANAGED_LABEL = "io.registry-program.managed-by"
+"""Label on the container the program runs: preflight tells it from a `registry` container made by hand."""
 
 
 def as_root(script: str, prefix: str) -> str:
@@ -28,24 +37,53 @@ def _script(*lines: str) -> str:
     return "\n".join(["set -eu", *lines]) + "\n"
 
 
+def _host_tool(name: str, *args: str, suffix: str = "") -> str:
+    """Run components/host_tools/NAME.py with the host's python3; its source travels in a here-document."""
+    source = (HOST_TOOLS / f"{name}.py").read_text()
+    marker = f"END_OF_{name.upper()}"
+    return f"python3 - {' '.join(args)} <<'{marker}'{suffix}\n{source.rstrip()}\n{marker}"
+
+
+def _site_address_regexp(domain: str) -> str:
+    """An ERE for a Caddyfile line that opens a site for DOMAIN (https or no scheme, port 443 or none)."""
+    return f"^[[:space:]]*([^#]*[[:space:],])?(https://)?{re.escape(domain)}(:443)?[[:space:]]*(,|\\{{)"
+
+
 def preflight(
-    require_k3s: bool, k3s_service: str, registry_port: int, container: str, require_python: bool = False
+    require_k3s: bool,
+    k3s_service: str,
+    *,
+    registry_port: int,
+    container: str,
+    data_dir: str,
+    domain: str,
+    caddyfile: str,
+    registries_file: str | None,
 ) -> str:
-    """Fail with one readable line per problem before anything is changed on the host; warn about what it leaves alone."""
+    """Fail with one readable line per problem before anything is changed; say what a hand-made setup hands over;
+    warn about what it leaves alone."""
     lines = [
-        "problems=''",
+        "problems=''; takes=''",
         "fail() { problems=\"${problems}preflight: $1\n\"; }",
-        "warn() { printf 'preflight: warning: %s\\n' \"$1\" >&2; }",
+        "take() { takes=\"${takes}preflight: takes over $1\n\"; }",
         "command -v curl >/dev/null 2>&1 || fail 'curl is not installed (needed to check the registry answers)'",
-        *(
-            ["command -v python3 >/dev/null 2>&1 || fail 'python3 is not installed (tag retention runs in it; or set retention=false)'"]
-            if require_python
-            else []
-        ),
+        "warn() { printf 'preflight: warning: %s\\n' \"$1\" >&2; }",
+        "command -v python3 >/dev/null 2>&1 || fail 'python3 is not installed (needed to merge registries.yaml, to take over an inline Caddy site and for tag retention)'",
         "docker_up=0",
         "if ! command -v docker >/dev/null 2>&1; then fail 'Docker is not installed (install docker.io or docker-ce)'",
         "elif ! docker info >/dev/null 2>&1; then fail 'Docker is installed but the engine is not running'",
         "else docker_up=1; fi",
+        f"if [ \"$docker_up\" = 1 ] && docker inspect {q(container)} >/dev/null 2>&1; then",
+        f"  src=$(docker inspect -f '{{{{range .Mounts}}}}{{{{if eq .Destination \"/var/lib/registry\"}}}}{{{{.Source}}}}{{{{end}}}}{{{{end}}}}' {q(container)})",
+        f"  image=$(docker inspect -f '{{{{.Config.Image}}}}' {q(container)})",
+        f"  managed=$(docker inspect -f '{{{{index .Config.Labels \"{MANAGED_LABEL}\"}}}}' {q(container)} 2>/dev/null || true)",
+        f"  if [ -n \"$src\" ] && [ \"$src\" != {q(data_dir)} ]; then",
+        f"    fail \"the existing container {container} keeps its images in $src, not in dataDir {data_dir}: set dataDir to $src to keep them\"",
+        "  elif [ \"$managed\" != pulumi ]; then",
+        f"    take \"the existing container {container} ($image): replaced by the program's; Caddy holds pulls across the swap; "
+        f"the data directory {data_dir} is kept as it is ($(stat -c '%U:%G %a' {q(data_dir)} 2>/dev/null || echo 'not there yet'))\"",
+        "  fi",
+        "fi",
         "if ! command -v caddy >/dev/null 2>&1; then fail 'Caddy is not installed (2.8 or later is required)'",
         "else",
         "  v=$(caddy version | sed -n 's/^v\\{0,1\\}\\([0-9][0-9]*\\)\\.\\([0-9][0-9]*\\).*/\\1 \\2/p' | head -n 1)",
@@ -55,7 +93,15 @@ def preflight(
         "  fi",
         "  systemctl cat caddy.service >/dev/null 2>&1 || fail 'Caddy is installed but caddy.service is missing (install Caddy from its Debian/Ubuntu package)'",
         "fi",
+        f"if [ -f {q(caddyfile)} ] && at=$(grep -nE {q(_site_address_regexp(domain))} {q(caddyfile)} | cut -d: -f1 | paste -sd ' ' -) && [ -n \"$at\" ]; then",
+        f"  take \"the inline site for {domain} in {caddyfile} (line $at): replaced by the program's site in one validated reload; the original is kept as {caddyfile}.<date>-<time>.bak\"",
+        "fi",
     ]
+    if registries_file is not None:
+        lines.append(
+            f"[ ! -f {q(registries_file)} ] || take \"{registries_file} (mode $(stat -c '%a' {q(registries_file)})): "
+            f"the entry for {domain} under configs is replaced, every other entry and key stays; the file becomes root:root 0600\""
+        )
     if require_k3s:
         lines.append(
             f"systemctl cat {q(k3s_service + '.service')} >/dev/null 2>&1 || "
@@ -66,6 +112,7 @@ def preflight(
         "[ -z \"$holders\" ] || fail \"ports 80/443 are held by something other than Caddy: $holders\"",
         *_registry_port_checks(registry_port, container),
         "if [ -n \"$problems\" ]; then printf '%s' \"$problems\" >&2; exit 1; fi",
+        "printf '%s' \"$takes\"",
         "echo 'preflight: ok'",
     ]
     return _script(*lines)
@@ -117,9 +164,33 @@ def _registry_port_checks(port: int, container: str) -> list[str]:
     ]
 
 
+def takeover_notice(container: str, domain: str, caddyfile: str, registries_file: str | None) -> str:
+    """What the first update does to a registry set up by hand; shown in every preview (preflight names what it finds)."""
+    parts = [
+        f"a container named {container} is replaced by the program's (its data directory is kept as it is)",
+        f"an inline site for {domain} in {caddyfile} is replaced by `import` of the program's site in one validated "
+        f"reload (the original file is kept beside it as {posixpath.basename(caddyfile)}.YYYYMMDD-HHMMSS.bak; "
+        "other sites stay)",
+    ]
+    if registries_file is not None:
+        parts.append(
+            f"{registries_file} is merged: the program writes its entry for {domain} under configs, every other "
+            "entry and key stays, and k3s restarts only if the content changed"
+        )
+    return "On a server set up by hand, the first update takes over: " + "; ".join(parts) + "."
+
+
 def data_dir(path: str) -> str:
-    """Create the registry's data directory (root-owned: registry:2 runs as root); never remove it."""
-    return _script(f"install -d -m 0750 -o root -g root {q(path)}", f"echo {q(path)}")
+    """Create the registry's data directory (root-owned: registry:2 runs as root); an existing one is left as it is.
+
+    registry:2 runs as root, so a hand-made directory's mode and owner already let it in (Docker without user
+    namespace remapping); changing them could lock out whoever else reads the directory.
+    """
+    return _script(
+        f"if [ -d {q(path)} ]; then echo \"data directory {path} kept as it is ($(stat -c '%U:%G %a' {q(path)}))\"",
+        f"else install -d -m 0750 -o root -g root {q(path)}; fi",
+        f"echo {q(path)}",
+    )
 
 
 def registry_listen_env(port: int) -> dict[str, str]:
@@ -145,7 +216,7 @@ def registry_docker_run(
     settings = {**listen, **(env or {})}
     extra = "".join(f"-e {q(f'{key}={value}')} " for key, value in settings.items())
     return (
-        f"docker run -d --name {q(name)} --restart unless-stopped --network host "
+        f"docker run -d --name {q(name)} --label {q(MANAGED_LABEL + '=pulumi')} --restart unless-stopped --network host "
         f"-v {q(f'{data_dir}:/var/lib/registry')} --env-file {q(env_file)} {extra}{q(image)}"
     )
 
@@ -178,34 +249,44 @@ def registry_remove(name: str) -> str:
     return _script(f"docker rm -f {q(name)} >/dev/null 2>&1 || true")
 
 
-def caddy_site_install(caddyfile: str, site_file: str) -> str:
-    """Install the site from stdin: validate the whole config first, keep the old file on failure, reload gracefully."""
+def caddy_site_install(caddyfile: str, site_file: str, domain: str) -> str:
+    """Install the site from stdin in one validated reload; an inline site for the domain is taken over.
+
+    The main Caddyfile gets the import line (and loses an inline site for the same domain); when it changes, the
+    original is kept beside it as Caddyfile.YYYYMMDD-HHMMSS.bak. On a failed `caddy validate` both files are put back.
+    """
     import_line = f"import {site_file}"
     return _script(
         f"site={q(site_file)}; main={q(caddyfile)}",
         "[ -f \"$main\" ] || { echo \"Caddyfile $main not found\" >&2; exit 1; }",
         "umask 027",
-        'tmp=$(mktemp "$site.new.XXXXXX")',
-        "trap 'rm -f \"$tmp\"' EXIT",
+        'tmp=$(mktemp "$site.new.XXXXXX"); main_new=$(mktemp "$main.new.XXXXXX")',
+        "trap 'rm -f \"$tmp\" \"$main_new\"' EXIT",
         'cat > "$tmp"',
         'chgrp caddy "$tmp" 2>/dev/null || true',
         'chmod 0640 "$tmp"',
-        f"if grep -qxF {q(import_line)} \"$main\"; then added=0; else added=1; fi",
-        'if [ "$added" = 0 ] && [ -f "$site" ] && cmp -s "$tmp" "$site"; then echo "site unchanged"; exit 0; fi',
-        'cp -p "$main" "$main.bak"',
-        '[ -f "$site" ] && cp -p "$site" "$site.bak"',
+        'backup="$main.$(date -u +%Y%m%d-%H%M%S).bak"',
+        _host_tool("caddy_takeover", '"$main"', q(domain), q(import_line), '"$backup"', '"$main_new"'),
+        'if cmp -s "$main_new" "$main" && [ -f "$site" ] && cmp -s "$tmp" "$site"; then echo "site unchanged"; exit 0; fi',
+        'if [ -f "$site" ]; then cp -p "$site" "$site.bak"; fi',
         'mv "$tmp" "$site"',
-        f"[ \"$added\" = 0 ] || printf '\\n# Added by the registry Pulumi program.\\n%s\\n' {q(import_line)} >> \"$main\"",
+        "main_changed=0",
+        # cat, not mv: the main Caddyfile keeps its owner, mode and inode.
+        # The backup is root-only: an inline site's basic_auth hashes were in it (and may still be live ones).
+        'if ! cmp -s "$main_new" "$main"; then',
+        '  main_changed=1; cp "$main" "$backup"; chmod 0600 "$backup"; cat "$main_new" > "$main"',
+        "fi",
         'if ! out=$(caddy validate --adapter caddyfile --config "$main" 2>&1); then',
         '  if [ -f "$site.bak" ]; then mv "$site.bak" "$site"; else rm -f "$site"; fi',
-        '  cp -p "$main.bak" "$main"',
+        '  if [ "$main_changed" = 1 ]; then cat "$backup" > "$main"; rm -f "$backup"; fi',
         "  echo 'caddy validate rejected the new site; the previous configuration is still live:' >&2",
         "  printf '%s\\n' \"$out\" | grep -v '\"level\":\"info\"' >&2",
         "  exit 1",
         "fi",
-        'rm -f "$site.bak" "$main.bak"',
+        'rm -f "$site.bak"',
         "if systemctl is-active --quiet caddy; then systemctl reload caddy; else systemctl enable --now caddy; fi",
         "echo 'site installed and Caddy reloaded'",
+        'if [ "$main_changed" = 1 ]; then echo "the previous $main is kept as $backup"; fi',
     )
 
 
@@ -221,24 +302,57 @@ def caddy_site_remove(caddyfile: str, site_file: str) -> str:
 
 
 def trust_file_write(path: str) -> str:
-    """Write registries.yaml from stdin as root:root 0600, replacing it only when the content differs."""
+    """Merge the program's entries (JSON on stdin) into registries.yaml, root:root 0600; other entries stay.
+
+    The file is replaced only when its content changes, and only then is a k3s restart left pending.
+    """
     return _script(
         "umask 077",
         f"f={q(path)}",
         'install -d -m 0755 "$(dirname "$f")"',
-        'tmp=$(mktemp "$f.new.XXXXXX")',
-        "trap 'rm -f \"$tmp\"' EXIT",
-        'cat > "$tmp"',
+        'owned=$(mktemp "$f.owned.XXXXXX"); tmp=$(mktemp "$f.new.XXXXXX")',
+        "trap 'rm -f \"$owned\" \"$tmp\"' EXIT",
+        'cat > "$owned"',
+        _host_tool("registries_merge", "merge", '"$f"', '"$owned"', '"$tmp"'),
         'chown root:root "$tmp"; chmod 0600 "$tmp"',
-        'if [ -f "$f" ] && cmp -s "$tmp" "$f"; then echo unchanged; else mv "$tmp" "$f"; echo written; fi',
+        'if [ -f "$f" ] && cmp -s "$tmp" "$f"; then',
+        '  chown root:root "$f"; chmod 0600 "$f"',
+        "  echo 'registries.yaml unchanged'",
+        "else",
+        '  mv "$tmp" "$f"',
+        f"  mkdir -p {q(posixpath.dirname(K3S_RESTART_PENDING))}; : > {q(K3S_RESTART_PENDING)}",
+        "  echo 'registries.yaml written'",
+        "fi",
     )
 
 
-def trust_file_remove(path: str) -> str:
-    return _script(f"rm -f {q(path)}")
+def trust_file_remove(path: str, registry: str) -> str:
+    """Remove the program's entries from registries.yaml; the file goes only when nothing else is left in it."""
+    owned = json.dumps({"configs": {registry: {}}})
+    return _script(
+        "umask 077",
+        f"f={q(path)}",
+        '[ -f "$f" ] || exit 0',
+        'owned=$(mktemp "$f.owned.XXXXXX"); tmp=$(mktemp "$f.new.XXXXXX")',
+        "trap 'rm -f \"$owned\" \"$tmp\"' EXIT",
+        f"printf '%s\\n' {q(owned)} > \"$owned\"",
+        "rc=0",
+        _host_tool("registries_merge", "remove", '"$f"', '"$owned"', '"$tmp"', suffix=" || rc=$?"),
+        'case $rc in',
+        '  0) chown root:root "$tmp"; chmod 0600 "$tmp"; mv "$tmp" "$f" ;;',
+        '  3) rm -f "$f" ;;',
+        '  *) exit "$rc" ;;',
+        "esac",
+    )
 
 
 def k3s_restart(service: str) -> str:
-    """Restart k3s if it runs (a stopped k3s reads the file when it starts)."""
-    return _script(f"systemctl try-restart {q(service + '.service')}", f"echo {q(f'{service} restarted if it was running')}")
+    """Restart k3s if the trust file step changed registries.yaml and k3s runs (a stopped k3s reads it at start)."""
+    return _script(
+        f"if [ -e {q(K3S_RESTART_PENDING)} ]; then",
+        f"  systemctl try-restart {q(service + '.service')}",
+        f"  rm -f {q(K3S_RESTART_PENDING)}",
+        f"  echo {q(f'{service} restarted if it was running')}",
+        f"else echo {q(f'registries.yaml unchanged: {service} not restarted')}; fi",
+    )
 

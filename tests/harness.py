@@ -77,6 +77,8 @@ class ProgramRun:
     state: dict[str, Any]
     error: str | None = None
     secret_exports: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    """Messages the program logged (pulumi.log), as `severity: message`: what the CLI shows under Diagnostics."""
 
     def by_type(self, typ: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == typ]
@@ -125,16 +127,26 @@ def run_program(
         state=out["state"],
         error=out["error"],
         secret_exports=out["secret_exports"],
+        logs=out["logs"],
     )
 
 
 # --- everything below runs inside the subprocess -------------------------------------------------
 
 
-def _fake_outputs(typ: str, inputs: dict[str, Any], previous: dict[str, Any] | None, preview: bool) -> dict[str, Any]:
-    """What a provider would return: inputs echoed, plus generated values that persist in state."""
+def _fake_outputs(
+    typ: str, inputs: dict[str, Any], previous: dict[str, Any] | None, preview: bool, ignored: list[str]
+) -> dict[str, Any]:
+    """What a provider would return: inputs echoed, plus generated values that persist in state.
+
+    `ignored` (ignore_changes) keeps those inputs at their previous values, as the engine does.
+    """
     import bcrypt
 
+    if previous is not None:
+        for key in ignored:
+            if key in previous["inputs"]:
+                inputs[key] = previous["inputs"][key]
     outputs = dict(inputs)
     if typ == "random:index/randomPassword:RandomPassword":
         if previous is not None and reveal(previous["inputs"]) == reveal(inputs):
@@ -154,6 +166,8 @@ def _fake_outputs(typ: str, inputs: dict[str, Any], previous: dict[str, Any] | N
 
 
 def _child_main() -> None:
+    import logging
+
     import pulumi
     from pulumi.runtime import mocks as pmocks
     from pulumi.runtime import rpc
@@ -165,11 +179,14 @@ def _child_main() -> None:
     previous_state: dict[str, Any] = request["state"]
     new_state: dict[str, Any] = {}
     registrations: list[dict[str, Any]] = []
+    ignore_changes: dict[str, list[str]] = {}
 
     class StatefulMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
             key = f"{args.typ}::{args.name}"
-            outputs = _fake_outputs(args.typ, args.inputs, previous_state.get(key), preview)
+            outputs = _fake_outputs(
+                args.typ, args.inputs, previous_state.get(key), preview, ignore_changes.get(args.name, [])
+            )
             new_state[key] = {"inputs": args.inputs, "outputs": outputs}
             return f"{args.name}-id", outputs
 
@@ -178,6 +195,7 @@ def _child_main() -> None:
 
     class RecordingMonitor(pmocks.MockMonitor):
         def RegisterResource(self, req: Any) -> Any:  # noqa: N802 (gRPC method name)
+            ignore_changes[req.name] = list(req.ignoreChanges)
             if req.type != "pulumi:pulumi:Stack":
                 registrations.append(
                     {
@@ -197,11 +215,21 @@ def _child_main() -> None:
                 )
             return super().RegisterResource(req)
 
+    logs: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logs.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+    logger = logging.getLogger("registry-harness")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Collect())
     config = {f"{PROJECT}:{k}": v for k, v in request["config"].items()}
     pulumi.runtime.set_all_config(config, [f"{PROJECT}:{k}" for k in request["secret_keys"]])
     mocks = StatefulMocks()
     pulumi.runtime.set_mocks(
-        mocks, project=PROJECT, stack=request["stack"], preview=preview, monitor=RecordingMonitor(mocks)
+        mocks, project=PROJECT, stack=request["stack"], preview=preview, monitor=RecordingMonitor(mocks), logger=logger
     )
     error = None
     exports: dict[str, Any] = {}
@@ -227,6 +255,7 @@ def _child_main() -> None:
             "secret_exports": secret_exports,
             "state": new_state,
             "error": error,
+            "logs": logs,
         },
         sys.stdout,
         default=lambda o: UNKNOWN if type(o).__name__ == "Unknown" else str(o),

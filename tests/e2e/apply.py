@@ -208,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"\n{'Preview' if outcome.result is None else 'Resources'} ({args.stack}):")
     print(format_plan(outcome.steps, outcome.result))
+    if outcome.run.logs:
+        print("\nDiagnostics:\n" + "\n".join(f"    {line}" for line in outcome.run.logs))
     if outcome.result is not None:
         result = outcome.result
         print(

@@ -115,7 +115,10 @@ def test_same_push_and_pull_user_is_rejected(raw: dict[str, str]) -> None:
     assert "accepted: a name different from pushUser" in message
 
 
-@pytest.mark.parametrize(("key", "value"), [("sshPrivateKey", "hunter2-not-a-key"), ("kubeconfig", "hunter2-kube")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("sshPrivateKey", "hunter2-not-a-key"), ("kubeconfig", "hunter2-kube"), ("existingPushPassword", "hunter2\nsecond line")],
+)
 def test_invalid_secret_value_is_never_echoed(key: str, value: str) -> None:
     message = rejection({**BASE, key: value})
     assert f"registry:{key} = <secret> is invalid; accepted: " in message

@@ -14,7 +14,7 @@ from components.render import (
     SiteSpec,
     basic_auth_value,
     render_caddyfile,
-    render_registries_yaml,
+    render_registries_owned,
     render_registry_env,
     sha256,
 )
@@ -107,14 +107,14 @@ def test_every_resource_belongs_to_a_component(typical: ProgramRun) -> None:
 
 DEPENDS_ON = {
     "host-data-dir": ["host-preflight"],
-    "registry-container": ["host-data-dir", "credentials-http-secret"],
-    "caddy-site-file": ["registry-container", "credentials-push", "credentials-pull", "host-data-dir"],
-    "k3s-trust-file": ["host-data-dir", "credentials-pull"],
-    "k3s-trust-restart": ["k3s-trust-file", "host-data-dir"],
-    "flux-secret": ["credentials-pull"],
+    "registry-container": ["host-data-dir", "credentials-http-secret", "caddy-site-file"],
+    "caddy-site-file": ["credentials-push", "credentials-pull", "host-data-dir"],
+    "k3s-trust-file": ["host-data-dir", "credentials-pull", "caddy-site-file"],
+    "k3s-trust-restart": ["k3s-trust-file", "host-data-dir", "caddy-site-file"],
+    "flux-secret": ["credentials-pull", "caddy-site-file"],
     "flux-ruby-demo-app": ["flux-secret"],
     "flux-team-api": ["flux-secret"],
-    "verify-check": ["caddy-site-file", "k3s-trust-restart", "credentials-push", "credentials-pull"],
+    "verify-check": ["caddy-site-file", "registry-container", "k3s-trust-restart", "credentials-push", "credentials-pull"],
 }
 
 
@@ -123,6 +123,32 @@ def test_resource_waits_for_what_it_needs(typical: ProgramRun, name: str, needs:
     deps = set(typical.named(name).dependencies)
     missing = [n for n in needs if typical.named(n).urn not in deps]
     assert not missing, f"{name} does not depend on {missing}"
+
+
+def _waits_for(run: ProgramRun, name: str) -> set[str]:
+    """Every resource `name` waits for, directly or through others (components stand for their children)."""
+    by_urn = {r.urn: r for r in run.registrations}
+    children: dict[str, list[str]] = {}
+    for r in run.registrations:
+        children.setdefault(r.parent, []).append(r.urn)
+    seen: set[str] = set()
+    todo = list(run.named(name).dependencies)
+    while todo:
+        urn = todo.pop()
+        if urn in seen or urn not in by_urn:
+            continue
+        seen.add(urn)
+        todo += by_urn[urn].dependencies + children.get(urn, [])
+    return {by_urn[u].name for u in seen}
+
+
+@pytest.mark.parametrize("name", ["registry-container", "k3s-trust-file", "k3s-trust-restart", "flux-secret"])
+def test_what_uses_the_site_credentials_or_needs_its_retries_waits_for_the_live_site(
+    typical: ProgramRun, name: str
+) -> None:
+    # The install step is what makes the site live (validated, reloaded): a failure there stops these.
+    assert "caddy-site-file" in _waits_for(typical, name)
+    assert name not in _waits_for(typical, "caddy-site-file")
 
 
 def test_preflight_depends_on_nothing(typical: ProgramRun) -> None:
@@ -142,7 +168,10 @@ def test_k3s_restart_is_triggered_by_the_trust_file_digest(typical: ProgramRun) 
     content = typical.named("k3s-trust-file").value("stdin")
     restart = typical.named("k3s-trust-restart")
     assert restart.value("triggers") == [sha256(content), "k3s"]
-    assert "systemctl try-restart k3s.service" in restart.value("create")
+    create = restart.value("create")
+    # Restarts only when the host's merge changed the file (the write step leaves the flag).
+    assert "systemctl try-restart k3s.service" in create and "/run/registry/k3s-restart-pending" in create
+    assert "/run/registry/k3s-restart-pending" in typical.named("k3s-trust-file").value("create")
 
 
 # --- what lands on the host and in the cluster ---------------------------------------------------------
@@ -175,7 +204,7 @@ def test_k3s_trust_file_is_the_rendered_registries_yaml(
 ) -> None:
     run: ProgramRun = request.getfixturevalue(fixture)
     stdin = run.named("k3s-trust-file").value("stdin")
-    assert stdin == render_registries_yaml(DOMAIN, "k3s_pull", password(run, "credentials-pull"), ca_file)
+    assert stdin == render_registries_owned(DOMAIN, "k3s_pull", password(run, "credentials-pull"), ca_file)
 
 
 def test_registry_env_file_holds_the_http_secret(typical: ProgramRun) -> None:

@@ -35,7 +35,7 @@ SPEC = MaintenanceSpec(
 def test_docker_run_uses_host_networking_bound_to_loopback_and_publishes_nothing() -> None:
     line = registry_docker_run(CONTAINER, "registry:2.8.3", 5123, "/srv/data/registry", ENV_FILE)
     assert line == (
-        "docker run -d --name registry --restart unless-stopped --network host "
+        "docker run -d --name registry --label io.registry-program.managed-by=pulumi --restart unless-stopped --network host "
         "-v /srv/data/registry:/var/lib/registry --env-file /etc/registry/registry.env "
         "-e REGISTRY_HTTP_ADDR=127.0.0.1:5123 -e REGISTRY_HTTP_DEBUG_ADDR= registry:2.8.3"
     )
@@ -89,7 +89,10 @@ def test_every_docker_run_the_program_sends_is_the_registry_line(programs: Progr
 # --- preflight: the registry's port, and every other published container ---------------------------------------
 
 
-def _fake_host(tmp_path: Path, *, ss: str = "", top: str | None = None, published: str | None = None, inspect: str = "") -> Path:
+def _fake_host(
+    tmp_path: Path, *, ss: str = "", top: str | None = None, published: str | None = None, inspect: str = "",
+    label: str = "",
+) -> Path:
     """A PATH whose ss/docker answer as a server would; docker records every call in tmp_path/docker.log."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -97,6 +100,7 @@ def _fake_host(tmp_path: Path, *, ss: str = "", top: str | None = None, publishe
     state.mkdir()
     (state / "ss").write_text(ss)
     (state / "inspect").write_text(inspect)
+    (state / "label").write_text(label + "\n" if label else "")
     if top is not None:
         (state / "top").write_text(top)
     if published is not None:
@@ -111,7 +115,12 @@ def _fake_host(tmp_path: Path, *, ss: str = "", top: str | None = None, publishe
             f'  top) [ -f {state}/top ] || {{ echo "Error: No such container: $2" >&2; exit 1; }}; echo PID; cat {state}/top ;;\n'
             f'  port) [ -f {state}/port ] || {{ echo "Error: No such container: $2" >&2; exit 1; }}; cat {state}/port ;;\n'
             f'  ps) [ -s {state}/inspect ] && echo abc123 ;;\n'
-            f"  inspect) cat {state}/inspect ;;\n"
+            # `docker inspect registry` (the takeover check) knows the container only where `top` says it runs.
+            f'  inspect) case "$2" in\n'
+            f'    -f) case "$3" in *Labels*) cat {state}/label 2>/dev/null ;; *Mounts*) echo /srv/data/registry ;;\n'
+            f'        *Config.Image*) echo registry:2 ;; *) cat {state}/inspect ;; esac ;;\n'
+            f'    *) [ -f {state}/top ] || exit 1 ;;\n'
+            "  esac ;;\n"
             "  *) exit 3 ;;\n"
             "esac\n"
         ),
@@ -126,10 +135,18 @@ def _fake_host(tmp_path: Path, *, ss: str = "", top: str | None = None, publishe
     return bin_dir
 
 
+def _preflight_script(require_k3s: bool, service: str, registry_port: int, tmp_path: Path) -> str:
+    return preflight(
+        require_k3s, service, registry_port=registry_port, container=CONTAINER, data_dir="/srv/data/registry",
+        domain="registry.example.test", caddyfile=str(tmp_path / "Caddyfile"),
+        registries_file=str(tmp_path / "registries.yaml") if require_k3s else None,
+    )
+
+
 def _preflight(tmp_path: Path, registry_port: int = 5000, **host: str) -> subprocess.CompletedProcess[str]:
     bin_dir = _fake_host(tmp_path, **host)
     return subprocess.run(
-        ["sh", "-c", preflight(False, "k3s", registry_port, CONTAINER)],
+        ["sh", "-c", _preflight_script(False, "k3s", registry_port, tmp_path)],
         capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=False, timeout=60,
     )  # fmt: skip
 
@@ -144,7 +161,7 @@ def test_free_port_and_no_published_container_pass_without_a_warning(tmp_path: P
 
 
 def test_port_held_by_the_registry_containers_own_process_passes(tmp_path: Path) -> None:
-    result = _preflight(tmp_path, ss=_listener(5000, "registry", 4242), top="   4242\n", published="")
+    result = _preflight(tmp_path, ss=_listener(5000, "registry", 4242), top="   4242\n", published="", label="pulumi")
     assert (result.returncode, result.stdout, result.stderr) == (0, "preflight: ok\n", "")
 
 
@@ -154,7 +171,9 @@ def test_port_published_by_a_hand_made_registry_container_passes(tmp_path: Path)
         tmp_path, ss=_listener(5000, "docker-proxy", 351), top="   386\n", published="5000/tcp -> 127.0.0.1:5000\n",
         inspect="/registry|false|127.0.0.1:5000->5000/tcp \n",
     )  # fmt: skip
-    assert (result.returncode, result.stdout, result.stderr) == (0, "preflight: ok\n", "")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("preflight: takes over the existing container registry (registry:2): replaced")
+    assert result.stdout.endswith("\npreflight: ok\n")
 
 
 def test_port_held_by_another_process_fails_naming_it(tmp_path: Path) -> None:
@@ -202,4 +221,4 @@ def test_every_other_published_container_gets_a_warning_and_is_left_alone(tmp_pa
 
 
 def test_preflight_passes_shellcheck(tmp_path: Path) -> None:
-    shellcheck(tmp_path, {"preflight": preflight(True, "k3s-agent", 5000, CONTAINER)})
+    shellcheck(tmp_path, {"preflight": _preflight_script(True, "k3s-agent", 5000, tmp_path)})
