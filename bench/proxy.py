@@ -283,8 +283,13 @@ class RegistryContainer:
         """Where this registry listens: TCP listeners in its network namespace (`nsenter -n ss -ltn`), docker-proxy's
         host listener if any, and the reply of the seed's check (or its Unix-socket replacement)."""
         pid = self.registry_pid()
-        ss = run(["nsenter", "-t", str(pid), "-n", "ss", "-Hltn"], check=False, timeout=30).stdout.splitlines()
-        listeners = " ".join(ln.split()[3] for ln in ss if len(ln.split()) > 3) or "none"
+        ss = run(["nsenter", "-t", str(pid), "-n", "ss", "-Hltnp"], check=False, timeout=30).stdout.splitlines()
+        listeners = " ".join(ln.split()[3] for ln in ss if f"pid={pid}," in ln and len(ln.split()) > 3) or "none"
+        if self.spec.network == "bridge":
+            host_ss = run(["ss", "-Hltnp"], check=False, timeout=30).stdout.splitlines()
+            proxy = {f"pid={p}," for p in self.proxy_pids()}
+            listeners += " (host: docker-proxy on " + " ".join(
+                ln.split()[3] for ln in host_ss if any(p in ln for p in proxy) and len(ln.split()) > 3) + ")"
         if self.spec.network == "unix":
             check = ["curl", "-fsS", "--unix-socket", str(self.socket), "http://localhost/v2/"]
             shown = "curl -fsS --unix-socket /run/registry/registry.sock http://localhost/v2/"
@@ -295,8 +300,7 @@ class RegistryContainer:
             shown = f"curl -fsS {scheme}://localhost:{self.port}/v2/"
         got = run(check, check=False, timeout=30)
         reply = f"exit {got.returncode}, body {got.stdout.strip()!r}"
-        proxies = f"; docker-proxy {len(self.proxy_pids())} process(es)" if self.spec.network == "bridge" else ""
-        return (f"{self.key}: TCP listeners in its network namespace: {listeners}{proxies}; "
+        return (f"{self.key}: the registry process's TCP listeners (in its network namespace): {listeners}; "
                 f"`{shown}` -> {reply}")
 
 
@@ -800,6 +804,8 @@ def default_pairs(variants: Sequence[Variant]) -> list[tuple[str, str]]:
         base = "caddy" + (f"-{v.registry}" if v.registry else "")
         if v.options and base in names:
             pairs.append((v.name, base))
+        if "h2" in v.options and (h1 := v.name.replace("+h2", "+h1")) in names:
+            pairs.append((v.name, h1))
         if not v.options and v.registry not in ("", "docker") and "caddy-docker" in names:
             pairs.append((v.name, "caddy-docker"))
         if not v.options and v.registry == "unix" and "caddy-host" in names:
