@@ -9,6 +9,7 @@ as context; on a shared 2-core machine they drift, ratios within a round much le
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -224,6 +225,28 @@ def make_ca(directory: Path, dns_names: Sequence[str] = ("localhost",), ips: Seq
 # --- rounds and ratios -----------------------------------------------------------------------------------------
 
 
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """A distribution-free confidence interval for the median (order statistics of the sign test): (low, high,
+    the confidence actually reached). With too few values for `confidence` it returns min-max and what min-max
+    reaches (e.g. 75% for 3 values)."""
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no values")
+    # P(Binomial(n, 1/2) <= k - 1): the chance that the median lies below the k-th smallest value.
+    tail = [math.comb(n, i) / 2**n for i in range(n + 1)]
+    k = 1
+    while k < n // 2 and 2 * sum(tail[:k + 1]) <= 1 - confidence:
+        k += 1
+    reached = 1 - 2 * sum(tail[:k])
+    return xs[k - 1], xs[n - k], reached
+
+
+def ci_text(values: Sequence[float]) -> str:
+    lo, hi, reached = median_ci(values)
+    return f"CI{reached * 100:.0f} {lo:.2f}-{hi:.2f}"
+
+
 def rotated(items: Sequence[str], round_index: int) -> list[str]:
     """The round's order: a rotation, so each variant takes every position equally often."""
     k = round_index % len(items)
@@ -251,9 +274,13 @@ class Series:
     def ratios(self, variant: str) -> list[float]:
         return [r[variant] / r[self.baseline] for r in self.rounds if variant in r and r.get(self.baseline)]
 
+    def pair_ratios(self, variant: str, other: str) -> list[float]:
+        """Per-round ratios of one variant to another (both measured in the same rounds)."""
+        return [r[variant] / r[other] for r in self.rounds if variant in r and r.get(other)]
+
     def render(self) -> str:
         head = (f"{self.title}  (ratio to {self.baseline}: median of {len(self.rounds)} per-round ratios"
-                f" [min-max]; median {self.unit} for context)")
+                f" [min-max], confidence interval of that median (sign test); median {self.unit} for context)")
         lines = [head]
         width = max([28, *(len(v) + 1 for v in self.variants())])
         for variant in self.variants():
@@ -261,7 +288,18 @@ class Series:
             ratios = self.ratios(variant)
             ratio = (f"{statistics.median(ratios):6.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]" if ratios
                      else "   n/a")
-            lines.append(f"  {variant:<{width}} {ratio:<22} {statistics.median(values):10.3f} {self.unit}")
+            ci = ci_text(ratios) if ratios and variant != self.baseline else ""
+            lines.append(f"  {variant:<{width}} {ratio:<22} {ci:<17} {statistics.median(values):10.3f} {self.unit}")
+        return "\n".join(lines)
+
+    def render_pairs(self, pairs: Sequence[tuple[str, str]]) -> str:
+        """Head-to-head lines: variant / other, per round, for pairs present in this series."""
+        lines = [f"{self.title}, head to head (median of per-round ratios [min-max], confidence interval)"]
+        for a, b in pairs:
+            ratios = self.pair_ratios(a, b)
+            if ratios:
+                lines.append(f"  {a + ' / ' + b:<44} {statistics.median(ratios):6.3f}x [{min(ratios):.2f}-"
+                             f"{max(ratios):.2f}]  {ci_text(ratios)}")
         return "\n".join(lines)
 
 
