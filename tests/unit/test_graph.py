@@ -72,10 +72,10 @@ COMPONENTS = {
     "host": ("registry:index:Host", ["host-preflight", "host-data-dir"]),
     "credentials": (
         "registry:index:Credentials",
-        ["credentials-push", "credentials-pull", "credentials-http-secret"],
+        ["credentials-push", "credentials-pull", "credentials-http-secret", "credentials-generations"],
     ),
     "registry": ("registry:index:RegistryContainer", ["registry-container"]),
-    "caddy-site": ("registry:index:CaddySite", ["caddy-site-file"]),
+    "caddy-site": ("registry:index:CaddySite", ["caddy-site-handover", "caddy-site-file"]),
     "k3s-trust": ("registry:index:K3sTrust", ["k3s-trust-file", "k3s-trust-restart"]),
     "flux": ("registry:index:FluxSecret", ["flux-cluster", "flux-secret", "flux-ruby-demo-app", "flux-team-api"]),
     "verify": ("registry:index:Verify", ["verify-check"]),

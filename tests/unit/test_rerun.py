@@ -59,8 +59,10 @@ def test_rotation_changes_exactly_the_credential_consumers(first: ProgramRun, ro
     assert _changed(first, rotated) == {
         "credentials-push": ["keepers"],
         "credentials-pull": ["keepers"],
+        "credentials-generations": ["current"],
         "k3s-trust-file": ["stdin"],
         "k3s-trust-restart": ["triggers"],
+        "caddy-site-handover": ["stdin", "triggers"],
         "caddy-site-file": ["stdin"],
         "flux-secret": ["stringData"],
         "verify-check": ["stdin", "triggers"],
