@@ -34,6 +34,14 @@ PULUMI_COMMAND_STDOUT = "PULUMI_COMMAND_STDOUT"
 PULUMI_COMMAND_STDERR = "PULUMI_COMMAND_STDERR"
 
 Console = Callable[[str], None]
+StepHook = Callable[[str, "Step"], None]
+"""Called with ("start", step) before a step runs and ("done", step) once it is in state; tests use it to sync
+clients with the update or to stop it there (raise Interrupted: what a killed CLI leaves behind)."""
+
+
+class Interrupted(Exception):
+    """Raised by a step hook to stop the update as a killed CLI would: finished steps stay in state, nothing else
+    starts, replaced resources are not deleted."""
 
 
 def is_command(typ: str) -> bool:
@@ -834,6 +842,7 @@ def apply(
     console: Console = print,
     continue_on_error: bool = False,
     max_workers: int = 16,
+    hook: StepHook | None = None,
 ) -> ApplyResult:
     """Bring the host to what `run` registered; updates `state` in place, step by step."""
     runner = runner or SshRunner()
@@ -844,7 +853,16 @@ def apply(
         raise ValueError(f"inputs still unknown (a preview run cannot be applied): {', '.join(unknown)}")
     engine = _Engine(runner, state, console, continue_on_error, max_workers)
     main = {s.urn: s for s in steps if s.op != "delete"}
-    nodes: dict[str, Callable[[], Any]] = {urn: partial(engine.step, s) for urn, s in main.items()}
+
+    def hooked(step: Step) -> list[dict[str, Any]]:
+        if hook is not None:
+            hook("start", step)
+        deferred = engine.step(step)
+        if hook is not None:
+            hook("done", step)
+        return deferred
+
+    nodes: dict[str, Callable[[], Any]] = {urn: partial(hooked, s) for urn, s in main.items()}
     waits = {urn: set(s.dependencies) for urn, s in main.items()}
     deferred: list[dict[str, Any]] = []
     for result in engine.schedule(nodes, waits, {u: u for u in nodes}):

@@ -108,10 +108,17 @@ def test_every_resource_belongs_to_a_component(typical: ProgramRun) -> None:
 DEPENDS_ON = {
     "host-data-dir": ["host-preflight"],
     "registry-container": ["host-data-dir", "credentials-http-secret"],
-    "caddy-site-file": ["registry-container", "credentials-push", "credentials-pull", "host-data-dir"],
-    "k3s-trust-file": ["host-data-dir", "credentials-pull"],
+    "caddy-site-handover": [
+        "registry-container", "credentials-push", "credentials-pull", "credentials-generations", "host-data-dir"
+    ],
+    # The rotation handover: clients switch after the site accepts both, the site drops the old after them.
+    "caddy-site-file": [
+        "registry-container", "credentials-push", "credentials-pull", "host-data-dir",
+        "caddy-site-handover", "k3s-trust-file", "k3s-trust-restart", "flux-secret",
+    ],
+    "k3s-trust-file": ["host-data-dir", "credentials-pull", "caddy-site-handover"],
     "k3s-trust-restart": ["k3s-trust-file", "host-data-dir"],
-    "flux-secret": ["credentials-pull"],
+    "flux-secret": ["credentials-pull", "caddy-site-handover"],
     "flux-ruby-demo-app": ["flux-secret"],
     "flux-team-api": ["flux-secret"],
     "verify-check": ["caddy-site-file", "k3s-trust-restart", "credentials-push", "credentials-pull"],
