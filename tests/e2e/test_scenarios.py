@@ -306,7 +306,12 @@ def test_site_that_fails_caddy_validate_fails_the_apply_and_the_old_site_keeps_s
         # Passes the program's validation (an absolute path) but not Caddy's: the root file does not exist.
         result = stack.apply(acmeCaRoot="/etc/pebble/no-such-ca.pem")
         assert not result.ok
-        assert [(e.name, e.phase) for e in result.executions] == [("caddy-site-file", "create")]
+        # The handover step only hands over on a rotation; any other site change is its no-op update.
+        assert [(e.name, e.phase) for e in result.executions] == [
+            ("caddy-site-handover", "update"),
+            ("caddy-site-file", "create"),
+        ]
+        assert result.ran("caddy-site-handover")[0].stdout == "no rotation: nothing to hand over"
         status = {s.name: result.status.get(s.urn) for s in result.steps}
         assert status["caddy-site-file"] == "failed"
         assert status.get("verify-check") in (None, "skipped")  # what depends on the site does not run
@@ -320,7 +325,9 @@ def test_site_that_fails_caddy_validate_fails_the_apply_and_the_old_site_keeps_s
     finally:
         restored = stack.apply(acmeCaRoot=good_root)
     assert restored.ok, restored.error
-    assert restored.executions == []  # the failed update kept the old state, which matches the restored config
+    # The failed update kept the site step's old state, which matches the restored config; the handover step's
+    # no-op update had succeeded, so it runs (and does nothing) again.
+    assert [(e.name, e.phase) for e in restored.executions] == [("caddy-site-handover", "update")]
 
 
 # --- f ----------------------------------------------------------------------------------------------------
