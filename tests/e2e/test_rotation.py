@@ -11,7 +11,8 @@ Three clients loop while the rotation's update runs:
 
 The replay's step hook keeps the clients in step with the update instead of relying on timing: at chosen steps
 it waits until each loop has completed another round. With the default grace period the previous credentials are
-refused by the update's last site step, so the CI loop (a job that outlives the update) stops just before it.
+refused by the update's last site step, so the CI loop (a job that outlives the update) stops just before it;
+with a grace period it runs through the whole update and past it.
 """
 
 from __future__ import annotations
@@ -334,8 +335,31 @@ def test_grace_period_keeps_the_old_credentials_until_the_host_timer_refuses_the
     c = stack.clients
     old = old_credentials(stack)
     starts_before = c.starts()
-    result = stack.apply(credentialGracePeriod="45s", credentialRotation="4")
-    assert result.ok, result.error
+    flux = FluxStandIn(stack)
+    # This time the CI job with the old password runs through the whole update and past it.
+    loops = {"k3s": k3s_loop(stack).start(), "flux": flux.loop().start(),
+             "ci": ci_loop(stack, stack.exports["dockerConfigJson"], "graced").start()}
+
+    def hook(event: str, step: replay.Step) -> None:
+        flux.hook(event, step)
+        if event == "done" and step.name == "caddy-site-handover":
+            for loop in loops.values():
+                loop.another_round()
+
+    try:
+        for loop in loops.values():
+            loop.another_round()
+        result = stack.apply(hook=hook, credentialGracePeriod="60s", credentialRotation="4")
+        assert result.ok, result.error
+        for loop in loops.values():  # after the update: k3s and Flux on the new password, CI still on the old
+            loop.another_round()
+    finally:
+        for loop in loops.values():
+            loop.halt()
+    for name, loop in loops.items():
+        assert not loop.unauthorized(), f"{name} got 401: {loop.unauthorized()[0].output}"
+        failed = [a for a in loop.attempts if not a.ok and not (name == "k3s" and "is not running" in a.output)]
+        assert not failed, f"{name} failed: {failed[0].output}"
     assert len(c.starts()) == len(starts_before) + 1
     new = old_credentials(stack)
     # Right after the update both generations work; a timer on the host ends the grace period.
@@ -343,7 +367,8 @@ def test_grace_period_keeps_the_old_credentials_until_the_host_timer_refuses_the
         assert status(stack, user, password) == 200
     assert c.sh("systemctl is-active registry-credential-expiry.timer", check=False).stdout.strip() == "active"
     assert c.sh(f"stat -c '%a %U' {EXPIRY_DIR} {EXPIRY_DIR}/site").stdout.split() == ["700", "root", "600", "root"]
-    deadline = time.monotonic() + 180
+    # Waiting for the timer (not timing it): the staged site is gone once it has run.
+    deadline = time.monotonic() + 240
     while c.sh(f"test -e {EXPIRY_DIR}/site", check=False).returncode == 0:
         assert time.monotonic() < deadline, c.sh("systemctl status registry-credential-expiry.timer", check=False).stdout
         time.sleep(2)
@@ -352,7 +377,22 @@ def test_grace_period_keeps_the_old_credentials_until_the_host_timer_refuses_the
     for user, password in new.values():
         assert status(stack, user, password) == 200
     assert "previous credentials refused" in c.sh("journalctl -u registry-credential-expiry -o cat --no-pager").stdout
+    assert "handle_errors" not in c.sh("cat /etc/caddy/registry.caddy").stdout
     # The next update sees nothing to do: the timer's site is the one the program expects.
     again = stack.apply()
     assert again.ok, again.error
     assert not again.executions, [e.name for e in again.executions]
+
+
+def test_grace_period_back_to_zero_removes_the_timer(stack: Stack) -> None:
+    c = stack.clients
+    old = old_credentials(stack)
+    result = stack.apply(credentialGracePeriod="1h", credentialRotation="5")
+    assert result.ok, result.error
+    assert status(stack, *old["push"]) == 200
+    assert c.sh("systemctl is-active registry-credential-expiry.timer", check=False).stdout.strip() == "active"
+    result = stack.apply(credentialGracePeriod="0")
+    assert result.ok, result.error
+    assert {e.name for e in result.executions} >= {"caddy-site-file"}
+    assert status(stack, *old["push"]) == 401
+    assert c.sh(f"test -e {EXPIRY_DIR} || test -e /etc/systemd/system/registry-credential-expiry.timer", check=False).returncode != 0
