@@ -396,3 +396,36 @@ def test_grace_period_back_to_zero_removes_the_timer(stack: Stack) -> None:
     assert {e.name for e in result.executions} >= {"caddy-site-file"}
     assert status(stack, *old["push"]) == 401
     assert c.sh(f"test -e {EXPIRY_DIR} || test -e /etc/systemd/system/registry-credential-expiry.timer", check=False).returncode != 0
+
+
+def test_grace_period_ends_at_boot_when_the_host_was_down_at_its_end(stack: Stack) -> None:
+    c = stack.clients
+    old = old_credentials(stack)
+    result = stack.apply(credentialGracePeriod="40s", credentialRotation="6")
+    assert result.ok, result.error
+    assert status(stack, *old["pull"]) == 200
+    generations = next(
+        v for k, v in stack.state_dir.program_state().items() if k.endswith("::credentials-generations")
+    )
+    deadline = int(generations["outputs"]["rotated_at"]) + 40
+    # Stopping the timer stands in for a host that is down when the grace period ends ...
+    c.sh("systemctl stop registry-credential-expiry.timer")
+    until = time.monotonic() + 120
+    while int(c.sh("date +%s").stdout) <= deadline:
+        assert time.monotonic() < until
+        time.sleep(2)
+    assert status(stack, *old["pull"]) == 200  # nothing ended it yet
+    # ... and comes back after it: the expiry unit runs at boot and finds the period over.
+    stack.host.restart()
+    c.trust_pebble()
+    c.wait_registry(timeout=90)
+    until = time.monotonic() + 120
+    while c.sh(f"test -e {EXPIRY_DIR}/site", check=False).returncode == 0:
+        assert time.monotonic() < until, c.sh("systemctl status registry-credential-expiry.service", check=False).stdout
+        time.sleep(2)
+    for user, password in old.values():
+        assert status(stack, user, password) == 401
+    assert status(stack, stack.exports["pullUsername"], stack.exports["pullPassword"]) == 200
+    again = stack.apply()
+    assert again.ok, again.error
+    assert not again.executions, [e.name for e in again.executions]
