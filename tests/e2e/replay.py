@@ -854,19 +854,25 @@ def apply(
     engine = _Engine(runner, state, console, continue_on_error, max_workers)
     main = {s.urn: s for s in steps if s.op != "delete"}
 
-    def hooked(step: Step) -> list[dict[str, Any]]:
+    deferred: list[dict[str, Any]] = []
+
+    def hooked(step: Step) -> None:
         if hook is not None:
             hook("start", step)
-        deferred = engine.step(step)
+        replaced = engine.step(step)
+        with engine.lock:
+            deferred.extend(replaced)
         if hook is not None:
             hook("done", step)
-        return deferred
 
     nodes: dict[str, Callable[[], Any]] = {urn: partial(hooked, s) for urn, s in main.items()}
     waits = {urn: set(s.dependencies) for urn, s in main.items()}
-    deferred: list[dict[str, Any]] = []
-    for result in engine.schedule(nodes, waits, {u: u for u in nodes}):
-        deferred.extend(result)
+    try:
+        engine.schedule(nodes, waits, {u: u for u in nodes})
+    except Interrupted:
+        # Pulumi keeps a replaced resource in state marked for deletion; the next update deletes it.
+        state.pending_deletes.extend(deferred)
+        raise
     if not engine.errors:
         _run_deletes(engine, steps, deferred)
     return _result(engine, steps, runner, state, started)
