@@ -26,21 +26,34 @@ creds = Credentials("credentials", CredentialsArgs(
     push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,
     kept_push_password=pulumi.Output.secret(cfg.existing_push_password) if cfg.existing_push_password else None,
 ))
-# Order (no data shows it): the site goes live first; the container swap (pulls held by the site's retries), the
-# trust file, the k3s restart and the Flux secret follow only once it accepts the credentials they use.
+# Order: the site goes live first; the container swap, the trust file, the k3s restart and the Flux secret follow
+# only once it accepts the credentials they use.
 site = CaddySite("caddy-site", CaddySiteArgs(
     host=host, upstream=upstream_address(cfg.registry_port), domain=cfg.domain, acme_email=cfg.acme_email,
     push_user=cfg.push_user, push_hash=creds.push_hash, pull_user=cfg.pull_user, pull_hash=creds.pull_hash,
     allowlist=cfg.allowlist, acme_ca_url=cfg.acme_ca_url, acme_ca_root=cfg.acme_ca_root,
     caddyfile=cfg.caddyfile, site_file=cfg.caddy_site_file,
+    previous_push_hash=creds.previous_push_hash, previous_pull_hash=creds.previous_pull_hash,
+    rotated_at=creds.rotated_at, grace_seconds=cfg.credential_grace_period,
 ))
+# A rotation is a handover: every client gets the new passwords only once the site accepts them (site.live),
+# and the site refuses the previous ones only once the trust file, k3s and the Flux secret switched (site.finish).
+# The container swap also waits for the site (site.handover): pulls are held by the site's retries across it.
 registry = RegistryContainer("registry", RegistryArgs(
-    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret, after=[site.install],
+    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret, after=[site.handover],
 ))
+pull_password = site.live(creds.pull_password)
+push_password = site.live(creds.push_password)
 trust = K3sTrust("k3s-trust", K3sTrustArgs(
-    host=host, registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password,
-    path=cfg.k3s_registries_file, service=cfg.k3s_service, ca_file=cfg.registry_ca_file, after=[site.install],
+    host=host, registry=cfg.domain, username=cfg.pull_user, password=pull_password,
+    path=cfg.k3s_registries_file, service=cfg.k3s_service, ca_file=cfg.registry_ca_file, after=[site.handover],
 )) if cfg.k3s_trust else None
+flux = FluxSecret("flux", FluxSecretArgs(
+    registry=cfg.domain, username=cfg.pull_user, password=pull_password, kubeconfig=cfg.kubeconfig,
+    namespace=cfg.flux_namespace, secret_name=cfg.flux_secret_name, images=cfg.flux_images,
+    api_version=cfg.flux_api_version, interval=cfg.flux_interval, after=[site.handover],
+)) if cfg.flux else None
+site.finish(after=[r for r in (trust, flux) if r is not None])
 if cfg.verify:
     Verify("verify", VerifyArgs(
         host=host, domain=cfg.domain, push_user=cfg.push_user, push_password=creds.push_password,
@@ -58,20 +71,14 @@ Maintenance("maintenance", MaintenanceArgs(
         protect=cfg.retention_protect, k3s=cfg.k3s_trust,
     ),
 ))
-if cfg.flux:
-    FluxSecret("flux", FluxSecretArgs(
-        registry=cfg.domain, username=cfg.pull_user, password=creds.pull_password, kubeconfig=cfg.kubeconfig,
-        namespace=cfg.flux_namespace, secret_name=cfg.flux_secret_name, images=cfg.flux_images,
-        api_version=cfg.flux_api_version, interval=cfg.flux_interval, after=[site.install],
-    ))
 
 pulumi.export("registryHost", cfg.domain)
 pulumi.export("registryUrl", cfg.registry_url)
 pulumi.export("imagePrefix", f"{cfg.domain}/")
 pulumi.export("pushUsername", cfg.push_user)
-pulumi.export("pushPassword", creds.push_password)
+pulumi.export("pushPassword", push_password)
 pulumi.export("dockerConfigJson", pulumi.Output.secret(
-    creds.push_password.apply(lambda pw: render.dockerconfigjson(cfg.domain, cfg.push_user, pw))
+    push_password.apply(lambda pw: render.dockerconfigjson(cfg.domain, cfg.push_user, pw))
 ))
 pulumi.export("pullUsername", cfg.pull_user)
-pulumi.export("pullPassword", creds.pull_password)
+pulumi.export("pullPassword", pull_password)

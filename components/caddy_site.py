@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_command as command
 
 from components import render, scripts
 from components.host import Host
@@ -41,41 +42,109 @@ class CaddySiteArgs:
     """The host's main Caddyfile."""
     site_file: str
     """The file this component owns."""
+    previous_push_hash: pulumi.Input[str] = ""
+    """The push hash before the last rotation (secret, empty if none): accepted until the handover ends."""
+    previous_pull_hash: pulumi.Input[str] = ""
+    """The same for the pull user."""
+    rotated_at: pulumi.Input[int] = 0
+    """Unix time of the last rotation; the grace period counts from it."""
+    grace_seconds: int = 0
+    """How long the previous hashes stay accepted after the rotation; 0 ends the handover in the same `up`."""
 
 
 class CaddySite(pulumi.ComponentResource):
     """Owns the site file and its import line, and takes over an inline site for the same domain in the main
-    Caddyfile (kept as a dated backup); validates before it replaces, reloads gracefully."""
+    Caddyfile (kept as a dated backup); validates before it replaces, reloads gracefully.
+
+    A rotation is a handover in two steps on the same file. `{name}-handover` runs first and only when the hashes
+    change: the site accepts the new and the previous credential of each user (on a first update it is the step
+    that takes the site over and makes it live). Whatever switches clients to the new passwords waits for it
+    (`live`, `handover`). `{name}-file` runs once those are done (`finish`): the site without the previous hashes,
+    now or, with a grace period, at its end (a host timer).
+    """
 
     content_sha256: pulumi.Output[str]
-    install: pulumi.Resource
+    handover: command.remote.Command
     """The step that makes the site live; what depends on the site's credentials waits for it."""
 
     def __init__(self, name: str, args: CaddySiteArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        site = pulumi.Output.all(args.upstream, args.push_hash, args.pull_hash).apply(
-            lambda v: render.render_caddyfile(
-                render.SiteSpec(
-                    domain=args.domain,
-                    acme_email=args.acme_email,
-                    upstream=v[0],
-                    push_user=args.push_user,
-                    push_hash=v[1],
-                    pull_user=args.pull_user,
-                    pull_hash=v[2],
-                    allowlist=tuple(args.allowlist),
-                    acme_ca_url=args.acme_ca_url,
-                    acme_ca_root=args.acme_ca_root,
-                )
+        self._name, self._args = name, args
+        previous = pulumi.Output.all(args.previous_push_hash, args.previous_pull_hash)
+        handover_site = pulumi.Output.all(args.upstream, args.push_hash, args.pull_hash, previous).apply(
+            lambda v: self._render(v[0], v[1], v[2], v[3][0] or "", v[3][1] or "")
+        )
+        generation = pulumi.Output.all(args.push_hash, args.pull_hash, previous).apply(
+            lambda v: render.sha256("\n".join([v[0], v[1], *v[2]]))
+        )
+        grace = pulumi.Output.all(previous, args.rotated_at).apply(
+            lambda v: args.grace_seconds > 0 and any(v[0]) and int(v[1] or 0) > 0
+        )
+        self._deadline = pulumi.Output.all(grace, args.rotated_at).apply(
+            lambda v: int(v[1]) + args.grace_seconds if v[0] else 0
+        )
+        # What `{name}-file` installs: the site without the previous hashes (with a grace period, first the site
+        # with both, GRACE_SEPARATOR, then the site without them).
+        self._settled_site = pulumi.Output.all(args.upstream, args.push_hash, args.pull_hash, previous, grace).apply(
+            lambda v: (
+                self._render(v[0], v[1], v[2], v[3][0] or "", v[3][1] or "") + scripts.GRACE_SEPARATOR + "\n"
+                if v[4]
+                else ""
+            )
+            + self._render(v[0], v[1], v[2], "", "")
+        )
+        self.handover = args.host.run(
+            f"{name}-handover",
+            # A rotation (new hashes: the trigger) replaces this step: the site accepting both generations.
+            create=scripts.caddy_site_handover(args.caddyfile, args.site_file, args.domain),
+            # Any other change is no handover: the settled site goes live here, before any client changes, and a
+            # site Caddy rejects stops the update before the trust file, k3s or the Flux secret is touched.
+            update=self._deadline.apply(
+                lambda d: scripts.caddy_site_handover_settle(args.caddyfile, args.site_file, args.domain, d)
+            ),
+            stdin=pulumi.Output.secret(
+                pulumi.Output.all(handover_site, self._settled_site).apply(lambda v: scripts.handover_stdin(v[0], v[1]))
+            ),
+            triggers=[pulumi.Output.secret(generation)],
+            parent=self,
+        )
+        # The site file and import line belong to `{name}-file` (it removes them); this step never deletes.
+        self.content_sha256 = pulumi.Output.from_input("")
+
+    def _render(self, upstream: str, push_hash: str, pull_hash: str, previous_push: str, previous_pull: str) -> str:
+        args = self._args
+        return render.render_caddyfile(
+            render.SiteSpec(
+                domain=args.domain,
+                acme_email=args.acme_email,
+                upstream=upstream,
+                push_user=args.push_user,
+                push_hash=push_hash,
+                pull_user=args.pull_user,
+                pull_hash=pull_hash,
+                allowlist=tuple(args.allowlist),
+                acme_ca_url=args.acme_ca_url,
+                acme_ca_root=args.acme_ca_root,
+                previous_push_hash=previous_push,
+                previous_pull_hash=previous_pull,
             )
         )
+
+    def live(self, value: pulumi.Input[str]) -> pulumi.Output[str]:
+        """`value` once the site accepts the current credentials: hand it to clients through this."""
+        return pulumi.Output.all(self.handover.stdout, value).apply(lambda v: v[1])
+
+    def finish(self, after: Sequence[pulumi.Resource]) -> None:
+        """`{name}-file`: once every client in `after` has the new credentials, the site refuses the previous ones."""
+        name, args = self._name, self._args
+        deadline, site = self._deadline, self._settled_site
         install = args.host.run(
             f"{name}-file",
-            create=scripts.caddy_site_install(args.caddyfile, args.site_file, args.domain),
+            create=deadline.apply(lambda d: scripts.caddy_site_settle(args.caddyfile, args.site_file, args.domain, d)),
             delete=scripts.caddy_site_remove(args.caddyfile, args.site_file),
             stdin=pulumi.Output.secret(site),
             parent=self,
+            opts=pulumi.ResourceOptions(depends_on=[self.handover, *after]),
         )
-        self.install = install
         self.content_sha256 = install.stdin.apply(lambda s: render.sha256(s or ""))
         self.register_outputs({"content_sha256": self.content_sha256})

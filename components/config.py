@@ -75,6 +75,8 @@ class Settings:
     """Change this value to rotate both passwords."""
     existing_push_password: str | None = field(default=None, repr=False)
     """CI's existing push password (secret config), kept through a takeover until the next rotation."""
+    credential_grace_period: int = 0
+    """Seconds the previous passwords keep working after a rotation; 0 refuses them at the end of the same `up`."""
     registry_image: str = "registry:2"
     """Registry image, pinnable by digest."""
     registry_port: int = 5000
@@ -231,6 +233,22 @@ _PATH = "an absolute normalised path of letters, digits and ._/@+-"
 _CALENDAR = "a systemd OnCalendar expression such as 'Sun *-*-* 03:00:00' or 'daily', or empty to disable the timer"
 
 
+_GRACE_RE = re.compile(r"^([0-9]{1,6})([smhd]?)$")
+_GRACE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_GRACE = 30 * 86400
+_GRACE = "0, or a whole number of seconds, minutes, hours or days up to 30d, such as 45m, 6h or 2d"
+
+
+def _grace(raw: str) -> int:
+    m = _GRACE_RE.match(str(raw).strip())
+    if not m:
+        raise ValueError(_GRACE)
+    seconds = int(m.group(1)) * _GRACE_UNITS[m.group(2)]
+    if seconds > MAX_GRACE:
+        raise ValueError(_GRACE)
+    return seconds
+
+
 def _is_calendar(value: str) -> bool:
     return value == "" or (value == value.strip() and bool(_CALENDAR_RE.match(value)))
 
@@ -286,6 +304,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
         lambda v: 0 < len(v.encode()) <= 72 and v.isprintable(),
     ))),
     "credentialRotation": ("credential_rotation", _str("1-64 characters of letters, digits and ._-", lambda v: bool(_ROTATION_RE.match(v)))),
+    "credentialGracePeriod": ("credential_grace_period", _grace),
     "registryImage": ("registry_image", _str("an image reference such as registry:2 or registry@sha256:<64 hex>", lambda v: bool(_IMAGE_RE.match(v)))),
     "registryPort": ("registry_port", _int(1024, 65535)),
     "dataDir": ("data_dir", _str(_PATH, _is_abs_path)),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import bcrypt
 import pulumi
+import pulumi.dynamic
 import pulumi_random as random
 
 TYPE = "registry:index:Credentials"
@@ -45,6 +49,60 @@ def verified_hash(password: str, hashed: str) -> str:
     return hashed
 
 
+ROLES = ("push", "pull")
+
+
+def remember(old: Mapping[str, Any] | None, current: Mapping[str, str], now: int) -> dict[str, Any]:
+    """The generations record after a run: `current` hashes, the generation before them, and when they changed.
+
+    A changed hash moves the recorded current generation to `previous`; unchanged hashes keep the record as is,
+    so re-running an update (or an interrupted rotation) never forgets the generation being handed over.
+    """
+    current = {role: str(current.get(role, "")) for role in ROLES}
+    if old is None:
+        return {"current": current, "previous": {role: "" for role in ROLES}, "rotated_at": 0}
+    before = {role: str((old.get("current") or {}).get(role, "")) for role in ROLES}
+    if before == current:
+        return {
+            "current": current,
+            "previous": {role: str((old.get("previous") or {}).get(role, "")) for role in ROLES},
+            "rotated_at": int(old.get("rotated_at") or 0),
+        }
+    # Only a role whose hash changed has a previous one to hand over.
+    previous = {role: before[role] if before[role] != current[role] else "" for role in ROLES}
+    return {"current": current, "previous": previous, "rotated_at": now}
+
+
+class _GenerationsProvider(pulumi.dynamic.ResourceProvider):
+    """Keeps the previous generation of bcrypt hashes in state (a RandomPassword forgets it when replaced)."""
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        return pulumi.dynamic.CreateResult("credential-generations", remember(None, props["current"], int(time.time())))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        changed = remember(None, olds.get("current") or {}, 0)["current"] != remember(None, news["current"], 0)["current"]
+        return pulumi.dynamic.DiffResult(changes=changed, replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        return pulumi.dynamic.UpdateResult(remember(olds, news["current"], int(time.time())))
+
+
+class CredentialGenerations(pulumi.dynamic.Resource):
+    """The current and the previous bcrypt hash of each user, and when the current ones replaced them."""
+
+    current: pulumi.Output[dict[str, str]]
+    previous: pulumi.Output[dict[str, str]]
+    rotated_at: pulumi.Output[int]
+
+    def __init__(self, name: str, current: pulumi.Input[dict[str, str]], opts: pulumi.ResourceOptions) -> None:
+        super().__init__(
+            _GenerationsProvider(),
+            name,
+            {"current": current, "previous": None, "rotated_at": None},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["current", "previous"])),
+        )
+
+
 class Credentials(pulumi.ComponentResource):
     """Owns the generated passwords; their bcrypt hashes come from state, so they never change between runs."""
 
@@ -52,6 +110,11 @@ class Credentials(pulumi.ComponentResource):
     push_hash: pulumi.Output[str]
     pull_password: pulumi.Output[str]
     pull_hash: pulumi.Output[str]
+    previous_push_hash: pulumi.Output[str]
+    """The push hash before the last rotation (empty before the first one): accepted during a handover."""
+    previous_pull_hash: pulumi.Output[str]
+    rotated_at: pulumi.Output[int]
+    """Unix time of the run that last rotated the hashes (0 if never); the grace period counts from it."""
     http_secret: pulumi.Output[str]
 
     def __init__(self, name: str, args: CredentialsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -60,6 +123,14 @@ class Credentials(pulumi.ComponentResource):
         if args.kept_push_password is not None:
             self.push_password, self.push_hash = self._kept(f"{name}-push-kept", args, args.kept_push_password)
         self.pull_password, self.pull_hash = self._password(f"{name}-pull", args)
+        generations = CredentialGenerations(
+            f"{name}-generations",
+            pulumi.Output.secret(pulumi.Output.all(push=self.push_hash, pull=self.pull_hash)),
+            pulumi.ResourceOptions(parent=self),
+        )
+        self.previous_push_hash = pulumi.Output.secret(generations.previous.apply(lambda p: (p or {}).get("push", "")))
+        self.previous_pull_hash = pulumi.Output.secret(generations.previous.apply(lambda p: (p or {}).get("pull", "")))
+        self.rotated_at = generations.rotated_at.apply(lambda t: int(t or 0))
         http = random.RandomPassword(
             f"{name}-http-secret", length=48, special=False, opts=pulumi.ResourceOptions(parent=self)
         )

@@ -38,6 +38,14 @@ class SiteSpec:
     allowlist: Sequence[str] = ()
     acme_ca_url: str | None = None
     acme_ca_root: str | None = None
+    previous_push_hash: str = ""
+    """During a credential handover: the push user's previous bcrypt hash, still accepted; empty otherwise."""
+    previous_pull_hash: str = ""
+    """The same for the pull user."""
+
+    @property
+    def handover(self) -> bool:
+        return bool(self.previous_push_hash or self.previous_pull_hash)
 
 
 def _caddy_token(value: str) -> str:
@@ -111,43 +119,88 @@ def render_caddyfile(spec: SiteSpec) -> str:
         "\t\t}",
         '\t\theader @unknown_user WWW-Authenticate "Basic realm=\\"restricted\\""',
         "\t\trespond @unknown_user 401",
-        "\t\tbasic_auth {",
-        f"\t\t\t{spec.push_user} {spec.push_hash}",
-        f"\t\t\t{spec.pull_user} {spec.pull_hash}",
-        "\t\t}",
-        "\t\t@pull_write {",
-        f"\t\t\tvars {{http.auth.user.id}} {spec.pull_user}",
-        "\t\t\tnot method GET HEAD",
-        "\t\t}",
-        '\t\trespond @pull_write "pull-only credential: read access only" 403',
-        # Distribution's own read-only answer is a bare "405 Method not allowed"; this one says why,
-        # in the registry's error format, as 503 + Retry-After (which clients treat as retryable).
-        "\t\t@maintenance {",
-        "\t\t\tnot method GET HEAD",
-        "\t\t\tfile {",
-        f"\t\t\t\troot {posixpath.dirname(MAINTENANCE_FLAG)}",
-        f"\t\t\t\ttry_files /{posixpath.basename(MAINTENANCE_FLAG)}",
-        "\t\t\t}",
-        "\t\t}",
-        '\t\theader @maintenance Content-Type "application/json; charset=utf-8"',
-        f"\t\theader @maintenance Retry-After {MAINTENANCE_RETRY_AFTER}",
-        f"\t\trespond @maintenance `{maintenance_error()}` 503",
+        *_basic_auth(((spec.push_user, spec.push_hash), (spec.pull_user, spec.pull_hash)), "\t\t"),
+        *_authenticated(spec, "\t\t"),
         "\t}",
-        # Requests that arrive while the container restarts wait for it instead of failing with 502;
-        # a connection refused is retried for every method, a dropped one only for GET and HEAD.
-        f"\treverse_proxy {spec.upstream} {{",
-        f"\t\theader_down -{API_VERSION_HEADER[0]}",
-        f"\t\tlb_try_duration {PROXY_TRY_DURATION}",
-        f"\t\tlb_try_interval {PROXY_TRY_INTERVAL}",
-        "\t\tlb_retry_match {",
-        "\t\t\tmethod GET HEAD",
-        "\t\t}",
-        "\t}",
+        *_proxy(spec, "\t"),
     ]
     # One ordered route: directives run as written, so the allowlist refuses outsiders before any
     # password is checked (Caddy's default order would put basic_auth first).
-    lines += ["\troute {", *("\t" + line for line in body), "\t}", "}"]
+    lines += ["\troute {", *("\t" + line for line in body), "\t}"]
+    if spec.handover:
+        lines += _handover(spec)
+    lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _basic_auth(accounts: Sequence[tuple[str, str]], indent: str) -> list[str]:
+    return [f"{indent}basic_auth {{", *(f"{indent}\t{user} {hashed}" for user, hashed in accounts if hashed), f"{indent}}}"]
+
+
+def _authenticated(spec: SiteSpec, indent: str) -> list[str]:
+    """What an authenticated request meets before the proxy: the pull-only rule and the maintenance answer."""
+    lines = [
+        "@pull_write {",
+        f"\tvars {{http.auth.user.id}} {spec.pull_user}",
+        "\tnot method GET HEAD",
+        "}",
+        'respond @pull_write "pull-only credential: read access only" 403',
+        # Distribution's own read-only answer is a bare "405 Method not allowed"; this one says why,
+        # in the registry's error format, as 503 + Retry-After (which clients treat as retryable).
+        "@maintenance {",
+        "\tnot method GET HEAD",
+        "\tfile {",
+        f"\t\troot {posixpath.dirname(MAINTENANCE_FLAG)}",
+        f"\t\ttry_files /{posixpath.basename(MAINTENANCE_FLAG)}",
+        "\t}",
+        "}",
+        'header @maintenance Content-Type "application/json; charset=utf-8"',
+        f"header @maintenance Retry-After {MAINTENANCE_RETRY_AFTER}",
+        f"respond @maintenance `{maintenance_error()}` 503",
+    ]
+    return [indent + line for line in lines]
+
+
+def _proxy(spec: SiteSpec, indent: str) -> list[str]:
+    # Requests that arrive while the container restarts wait for it instead of failing with 502;
+    # a connection refused is retried for every method, a dropped one only for GET and HEAD.
+    lines = [
+        f"reverse_proxy {spec.upstream} {{",
+        f"\theader_down -{API_VERSION_HEADER[0]}",
+        f"\tlb_try_duration {PROXY_TRY_DURATION}",
+        f"\tlb_try_interval {PROXY_TRY_INTERVAL}",
+        "\tlb_retry_match {",
+        "\t\tmethod GET HEAD",
+        "\t}",
+        "}",
+    ]
+    return [indent + line for line in lines]
+
+
+def _handover(spec: SiteSpec) -> list[str]:
+    """A credential handover: what the current hashes refused (basic_auth's 401 error) meets the previous ones.
+
+    Caddy's basic_auth holds one hash per user name, so the previous generation gets its own basic_auth in the
+    site's error route; a credential neither accepts gets the second basic_auth's 401. Unknown user names and
+    outsiders were answered before (a response, not an error) and never reach it.
+    """
+    previous = ((spec.push_user, spec.previous_push_hash), (spec.pull_user, spec.previous_pull_hash))
+    body = [
+        "\tencode zstd gzip",
+        "\troute /v2* {",
+        *_basic_auth(previous, "\t\t"),
+        # basic_auth asked for credentials when it refused the current ones; this answer is not a refusal.
+        "\t\theader -WWW-Authenticate",
+        *_authenticated(spec, "\t\t"),
+        *_proxy(spec, "\t\t"),
+        "\t}",
+    ]
+    return [
+        "\t# Credential handover: the previous passwords are still accepted (see the README, Rotating credentials).",
+        "\thandle_errors 401 {",
+        *("\t" + line for line in body),
+        "\t}",
+    ]
 
 
 def maintenance_error() -> str:

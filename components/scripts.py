@@ -290,10 +290,139 @@ def caddy_site_install(caddyfile: str, site_file: str, domain: str) -> str:
     )
 
 
+GRACE_SEPARATOR = "# --- the site once the grace period is over ---"
+"""Between the two sites a grace-period step receives on stdin: the one to install now, the one after expiry."""
+EXPIRY_UNIT = "registry-credential-expiry"
+EXPIRY_DIR = "/var/lib/registry-credential-expiry"
+"""Root-only: the site to install when the grace period ends, and the scripts the expiry unit runs."""
+
+
+def _expiry_disarm() -> list[str]:
+    """Stop and remove the expiry timer and its staged site, if any (quiet when there is none)."""
+    unit_dir = "/etc/systemd/system"
+    return [
+        f"if [ -e {q(f'{unit_dir}/{EXPIRY_UNIT}.timer')} ] || [ -e {q(EXPIRY_DIR)} ]; then",
+        f"  systemctl disable --now {q(EXPIRY_UNIT + '.timer')} {q(EXPIRY_UNIT + '.service')} >/dev/null 2>&1 || true",
+        f"  rm -f {q(f'{unit_dir}/{EXPIRY_UNIT}.timer')} {q(f'{unit_dir}/{EXPIRY_UNIT}.service')}",
+        f"  rm -rf {q(EXPIRY_DIR)}",
+        "  systemctl daemon-reload",
+        "  echo 'grace period: expiry timer removed'",
+        "fi",
+    ]
+
+
+HANDOVER_SEPARATOR = "# --- the settled site (what the handover step installs when it is no rotation) ---"
+"""Between the two parts of the handover step's stdin: the site accepting both generations, the settled site."""
+
+
+def handover_stdin(handover_site: str, settled_site: str) -> str:
+    """The handover step's stdin: the site for a rotation (create) and the settled site (any other change)."""
+    return f"{handover_site.rstrip()}\n{HANDOVER_SEPARATOR}\n{settled_site}"
+
+
+def _with_stdin_part(part: int, script: str) -> str:
+    """Run `script` with part 0 or 1 of this step's stdin (split at HANDOVER_SEPARATOR)."""
+    keep = "found" if part else "!found"
+    return _script(
+        "umask 077",
+        "work=$(mktemp -d)",
+        "trap 'rm -rf \"$work\"' EXIT",
+        f"awk -v sep={q(HANDOVER_SEPARATOR)} '$0 == sep {{ found = 1; next }} {keep} {{ print }}' > \"$work/in\"",
+        f"cat > \"$work/step\" <<'REGISTRY_SITE_STEP'\n{script}REGISTRY_SITE_STEP",
+        'sh "$work/step" < "$work/in"',
+    )
+
+
+def caddy_site_handover(caddyfile: str, site_file: str, domain: str) -> str:
+    """A rotation's first step: the site accepting the new and the previous credentials goes live."""
+    return _with_stdin_part(0, caddy_site_install(caddyfile, site_file, domain))
+
+
+def caddy_site_handover_settle(caddyfile: str, site_file: str, domain: str, deadline: int) -> str:
+    """The handover step's update (no rotation): the settled site goes live now, before the clients' steps."""
+    return _with_stdin_part(1, caddy_site_settle(caddyfile, site_file, domain, deadline))
+
+
+def caddy_site_settle(caddyfile: str, site_file: str, domain: str, deadline: int) -> str:
+    """The site step after the trust file and the Flux secret switched: refuse the previous credentials.
+
+    stdin is the site to install, or (grace period) the site accepting both generations, GRACE_SEPARATOR and the
+    site without the previous one. Before `deadline` (Unix time) the first goes live and a persistent timer
+    installs the second at the deadline (and at boot, should the host be down then); from the deadline on, the
+    second goes live at once. Any earlier timer is replaced or removed.
+    """
+    install = caddy_site_install(caddyfile, site_file, domain)
+    if deadline <= 0:
+        return _script(*_expiry_disarm(), *install.splitlines()[1:])
+    when = f"$(date -u -d @{deadline} '+%Y-%m-%d %H:%M:%S UTC')"
+    timer = "\n".join([
+        "[Unit]",
+        "Description=End of the registry credential grace period: refuse the previous passwords",
+        "[Timer]",
+        f"OnCalendar={when}",
+        "AccuracySec=1s",
+        "Persistent=true",
+        "[Install]",
+        "WantedBy=timers.target",
+    ])
+    service = "\n".join([
+        "[Unit]",
+        "Description=Refuse the registry's previous credentials once the grace period is over",
+        "After=caddy.service",
+        f"ConditionPathExists={EXPIRY_DIR}/site",
+        "[Service]",
+        "Type=oneshot",
+        f"ExecStart=/bin/sh {EXPIRY_DIR}/expire",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ])
+    expire = "\n".join([
+        "set -eu",
+        f"[ -f {EXPIRY_DIR}/site ] || exit 0",
+        f"if [ \"$(date +%s)\" -lt {deadline} ]; then echo 'grace period not over yet'; exit 0; fi",
+        f"sh {EXPIRY_DIR}/install < {EXPIRY_DIR}/site",
+        f"rm -f {EXPIRY_DIR}/site",
+        "echo 'grace period over: previous credentials refused'",
+    ])
+    return _script(
+        "umask 077",
+        'work=$(mktemp -d)',
+        "trap 'rm -rf \"$work\"' EXIT",
+        'cat > "$work/in"',
+        f"cat > \"$work/install\" <<'REGISTRY_SITE_INSTALL'\n{install}REGISTRY_SITE_INSTALL",
+        f"sep={q(GRACE_SEPARATOR)}",
+        'if grep -qxF "$sep" "$work/in"; then',
+        '  awk -v sep="$sep" \'$0 == sep { exit } { print }\' "$work/in" > "$work/now"',
+        '  awk -v sep="$sep" \'found { print } $0 == sep { found = 1 }\' "$work/in" > "$work/later"',
+        "else",
+        '  cp "$work/in" "$work/later"; : > "$work/now"',
+        "fi",
+        f"if [ -s \"$work/now\" ] && [ \"$(date +%s)\" -lt {deadline} ]; then",
+        '  sh "$work/install" < "$work/now"',
+        f"  install -d -m 0700 {EXPIRY_DIR}",
+        f'  cp "$work/install" {EXPIRY_DIR}/install',
+        f'  cp "$work/later" {EXPIRY_DIR}/site',
+        f"  cat > {EXPIRY_DIR}/expire <<'REGISTRY_EXPIRE'\n{expire}\nREGISTRY_EXPIRE",
+        f"  printf '%s\\n' \"{timer}\" > /etc/systemd/system/{EXPIRY_UNIT}.timer",
+        f"  cat > /etc/systemd/system/{EXPIRY_UNIT}.service <<'REGISTRY_EXPIRY_UNIT'\n{service}\nREGISTRY_EXPIRY_UNIT",
+        f"  chmod 0644 /etc/systemd/system/{EXPIRY_UNIT}.timer /etc/systemd/system/{EXPIRY_UNIT}.service",
+        "  systemctl daemon-reload",
+        f"  systemctl enable --quiet {EXPIRY_UNIT}.service",
+        f"  systemctl enable --quiet {EXPIRY_UNIT}.timer",
+        f"  systemctl restart {EXPIRY_UNIT}.timer",
+        f"  echo \"grace period: previous credentials accepted until {when}\"",
+        "  exit 0",
+        "fi",
+        *_expiry_disarm(),
+        'sh "$work/install" < "$work/later"',
+    )
+
+
 def caddy_site_remove(caddyfile: str, site_file: str) -> str:
-    """Drop the import line and the site file, then reload; other sites are untouched."""
+    """Drop the import line and the site file (and any grace-period timer), then reload; other sites are untouched."""
     import_line = f"import {site_file}"
     return _script(
+        *_expiry_disarm(),
         f"site={q(site_file)}; main={q(caddyfile)}",
         f"if [ -f \"$main\" ]; then grep -vxF {q(import_line)} \"$main\" > \"$main.tmp\" || true; cat \"$main.tmp\" > \"$main\"; rm -f \"$main.tmp\"; fi",
         'rm -f "$site"',

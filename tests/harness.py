@@ -157,12 +157,36 @@ def _fake_outputs(
         password = "".join(secrets.choice(alphabet) for _ in range(int(inputs.get("length", 16))))
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
         outputs.update(result=password, bcryptHash=hashed)
+    elif typ.startswith("pulumi-python:dynamic"):
+        return _dynamic_outputs(inputs, previous, preview)
     elif typ == "command:remote:Command":
         if previous is not None:  # an update keeps the previous outputs, in preview too
             outputs.update(stdout=previous["outputs"].get("stdout", ""), stderr="")
         elif not preview:
             outputs.update(stdout="", stderr="")
     return outputs
+
+
+def _dynamic_outputs(inputs: dict[str, Any], previous: dict[str, Any] | None, preview: bool) -> dict[str, Any]:
+    """A dynamic resource: the engine's calls into the program's own provider (diff, then create or update)."""
+    import base64
+
+    import dill  # type: ignore[import-untyped]
+
+    if contains_unknown(inputs):
+        return previous["outputs"] if previous is not None else dict(inputs)
+    provider = dill.loads(base64.b64decode(reveal(inputs["__provider"])))  # noqa: S301 - this run's own provider
+    news = reveal(inputs)
+    if previous is not None:
+        olds = reveal(previous["outputs"])
+        if not provider.diff("id", olds, news).changes:
+            return previous["outputs"]
+        if preview:
+            return dict(inputs)
+        return {**provider.update("id", olds, news).outs, "__provider": inputs["__provider"]}
+    if preview:
+        return dict(inputs)
+    return {**provider.create(news).outs, "__provider": inputs["__provider"]}
 
 
 def _child_main() -> None:

@@ -104,8 +104,12 @@ def up(
     preview: bool = False,
     console: replay.Console = print,
     runner: replay.SshRunner | None = None,
+    hook: replay.StepHook | None = None,
 ) -> Outcome:
-    """One `pulumi up` (or preview): run the program under mocks with the saved state, replay, save both states."""
+    """One `pulumi up` (or preview): run the program under mocks with the saved state, replay, save both states.
+
+    A hook that raises replay.Interrupted stops the update as a killed CLI would; both states are saved and the
+    exception propagates."""
     program_state = state_dir.program_state()
     run = run_program(config, program_state, preview=preview, stack=stack)
     if run.error:
@@ -114,7 +118,7 @@ def up(
     if preview:
         return Outcome(run, None, replay.plan(run, state))
     try:
-        result = replay.apply(run, state, runner=runner, console=console)
+        result = replay.apply(run, state, runner=runner, console=console, hook=hook)
     finally:
         # Random passwords are created whatever happens to the commands, as in a real stack.
         state_dir.save_program_state(run.state)

@@ -34,6 +34,14 @@ PULUMI_COMMAND_STDOUT = "PULUMI_COMMAND_STDOUT"
 PULUMI_COMMAND_STDERR = "PULUMI_COMMAND_STDERR"
 
 Console = Callable[[str], None]
+StepHook = Callable[[str, "Step"], None]
+"""Called with ("start", step) before a step runs and ("done", step) once it is in state; tests use it to sync
+clients with the update or to stop it there (raise Interrupted: what a killed CLI leaves behind)."""
+
+
+class Interrupted(Exception):
+    """Raised by a step hook to stop the update as a killed CLI would: finished steps stay in state, nothing else
+    starts, replaced resources are not deleted."""
 
 
 def is_command(typ: str) -> bool:
@@ -834,6 +842,7 @@ def apply(
     console: Console = print,
     continue_on_error: bool = False,
     max_workers: int = 16,
+    hook: StepHook | None = None,
 ) -> ApplyResult:
     """Bring the host to what `run` registered; updates `state` in place, step by step."""
     runner = runner or SshRunner()
@@ -844,11 +853,26 @@ def apply(
         raise ValueError(f"inputs still unknown (a preview run cannot be applied): {', '.join(unknown)}")
     engine = _Engine(runner, state, console, continue_on_error, max_workers)
     main = {s.urn: s for s in steps if s.op != "delete"}
-    nodes: dict[str, Callable[[], Any]] = {urn: partial(engine.step, s) for urn, s in main.items()}
-    waits = {urn: set(s.dependencies) for urn, s in main.items()}
+
     deferred: list[dict[str, Any]] = []
-    for result in engine.schedule(nodes, waits, {u: u for u in nodes}):
-        deferred.extend(result)
+
+    def hooked(step: Step) -> None:
+        if hook is not None:
+            hook("start", step)
+        replaced = engine.step(step)
+        with engine.lock:
+            deferred.extend(replaced)
+        if hook is not None:
+            hook("done", step)
+
+    nodes: dict[str, Callable[[], Any]] = {urn: partial(hooked, s) for urn, s in main.items()}
+    waits = {urn: set(s.dependencies) for urn, s in main.items()}
+    try:
+        engine.schedule(nodes, waits, {u: u for u in nodes})
+    except Interrupted:
+        # Pulumi keeps a replaced resource in state marked for deletion; the next update deletes it.
+        state.pending_deletes.extend(deferred)
+        raise
     if not engine.errors:
         _run_deletes(engine, steps, deferred)
     return _result(engine, steps, runner, state, started)

@@ -291,10 +291,10 @@ def test_a_rejected_site_leaves_the_container_registries_yaml_and_k3s_untouched(
     assert rejected is not None and not rejected.ok
     assert "caddy validate rejected the new site" in rejected.error
     status = {s.name: rejected.status.get(s.urn) for s in rejected.steps}
-    assert status["caddy-site-file"] == "failed"
-    for name in ("registry-container", "k3s-trust-file", "k3s-trust-restart", "flux-secret", "verify-check"):
+    assert status["caddy-site-handover"] == "failed"
+    for name in ("caddy-site-file", "registry-container", "k3s-trust-file", "k3s-trust-restart", "flux-secret", "verify-check"):
         assert status.get(name) in (None, "skipped"), (name, status.get(name))
-    assert set(names(rejected)) == {"host-preflight", "host-data-dir", "caddy-site-file"}
+    assert set(names(rejected)) == {"host-preflight", "host-data-dir", "caddy-site-handover"}
     assert adoption.rejected_after == adoption.before  # same container, files, modes, backups and k3s starts
 
 
@@ -305,7 +305,7 @@ def test_the_first_up_takes_over_without_a_manual_step(adoption: Adoption) -> No
     result = adoption.result
     assert result is not None and result.ok, result.error if result else "no result"
     ran = names(result)
-    site = ran["caddy-site-file"]
+    site = ran["caddy-site-handover"]
     # Nothing that relies on the site's credentials or its retries starts before the site is live.
     for name in ("registry-container", "k3s-trust-file", "k3s-trust-restart"):
         assert site.ended <= ran[name].started, f"{name} started before the site was live"
@@ -384,7 +384,7 @@ def test_the_inline_site_is_replaced_in_one_reload_and_kept_as_a_dated_backup(ad
     assert len(backups) == 1 and backups[0].startswith(f"{CADDYFILE}.20")
     assert c.sh(f"cat {q(backups[0])}").stdout == adoption.before["caddyfile"]
     assert c.sh(f"stat -c '%U:%G %a' {q(backups[0])}").stdout.split() == ["root:root", "600"]  # it holds a hash
-    site = names(adoption.result)["caddy-site-file"]
+    site = names(adoption.result)["caddy-site-handover"]
     assert "taking over lines " in site.stdout and backups[0] in site.stdout
     assert c.sh(f"curl -sS http://127.0.0.1:{OTHER_SITE_PORT}/").stdout == "another site on this server"
 
@@ -413,7 +413,7 @@ def test_an_update_whose_site_is_rejected_leaves_registries_yaml_and_k3s_untouch
     assert not result.ok
     changed = {s.name for s in result.changed()}
     assert {"caddy-site-file", "k3s-trust-file", "k3s-trust-restart"} <= changed
-    assert set(names(result)) == {"caddy-site-file"}
+    assert set(names(result)) == {"caddy-site-handover"}
     assert snapshot(c) == before
     restored = adoption.apply()
     assert restored.ok and restored.executions == [], restored.error

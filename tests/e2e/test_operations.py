@@ -194,7 +194,8 @@ def test_a_failed_check_fails_the_update_with_a_readable_message_and_no_secret(o
     fixed = ops.apply(allowlist="[]")
     assert fixed.ok, fixed.error
     # The failed replacement left the last verified check in state; back at that configuration, nothing to re-check.
-    assert {e.name for e in fixed.executions} == {"caddy-site-file"}
+    # (The handover step's part in a site change that is not a rotation is its no-op update.)
+    assert {(e.name, e.phase) for e in fixed.executions} == {("caddy-site-handover", "update"), ("caddy-site-file", "create")}
     assert ops.api("GET", "/v2/") == "200"
 
 

@@ -191,6 +191,31 @@ def test_failed_update_keeps_the_old_state_so_the_next_run_tries_again() -> None
     assert restored.ok and restored.executions == []
 
 
+def test_an_interrupted_update_keeps_finished_steps_and_starts_nothing_after_them() -> None:
+    """What a killed CLI leaves behind: finished steps in state, nothing after them, replaced ones marked for
+    deletion (the next update deletes them)."""
+    state = replay.ReplayState()
+    apply(program(command("a", "a1", delete="rm a1", triggers=["1"]), command("b", "b1", deps=("a",))), state,
+          FakeRunner())  # fmt: skip
+    seen: list[str] = []
+
+    def kill_after_a(event: str, step: replay.Step) -> None:
+        seen.append(f"{event} {step.name}")
+        if event == "done" and step.name == "a":
+            raise replay.Interrupted("killed")
+
+    runner = FakeRunner()
+    changed = program(command("a", "a2", delete="rm a2", triggers=["2"]), command("b", "b2", deps=("a",)))
+    with pytest.raises(replay.Interrupted):
+        replay.apply(changed, state, runner=runner, console=lambda _line: None, hook=kill_after_a)
+    assert [c for c, _ in runner.calls] == ["a2"]  # not b, not the old a's delete
+    assert seen == ["start a", "done a"]
+    assert state.resources[urn("a")]["inputs"]["create"] == "a2"
+    assert state.resources[urn("b")]["inputs"]["create"] == "b1"
+    resumed = FakeRunner()
+    assert apply(changed, state, resumed).ok and [c for c, _ in resumed.calls] == ["b2", "rm a1"]
+
+
 def test_kubernetes_resources_are_recorded_not_applied() -> None:
     state, runner = replay.ReplayState(), FakeRunner()
     result = apply(program(secret_resource("flux-secret", '{"auths": {}}')), state, runner)

@@ -50,6 +50,11 @@ def test_defaults_plus_host_are_accepted() -> None:
         ({"acmeCaUrl": "https://acme-staging-v02.api.letsencrypt.org/directory"}, "acme_ca_url",
          "https://acme-staging-v02.api.letsencrypt.org/directory"),
         ({"passwordLength": "72"}, "password_length", 72),
+        ({"credentialGracePeriod": "0"}, "credential_grace_period", 0),
+        ({"credentialGracePeriod": "90"}, "credential_grace_period", 90),
+        ({"credentialGracePeriod": "45m"}, "credential_grace_period", 2700),
+        ({"credentialGracePeriod": "6h"}, "credential_grace_period", 21600),
+        ({"credentialGracePeriod": "30d"}, "credential_grace_period", 30 * 86400),
     ],
 )
 def test_valid_values_are_parsed(raw: dict[str, Any], field: str, expected: Any) -> None:
@@ -88,6 +93,10 @@ REJECTIONS = {
     "acmeCaUrl over http": ("acmeCaUrl", "http://ca.test/dir", "an https:// URL of an ACME directory"),
     "gcSchedule with shell characters": ("gcSchedule", "daily; reboot", "a systemd OnCalendar expression"),
     "backupKeep zero": ("backupKeep", "0", "an integer from 1 to 1000"),
+    "grace period in weeks": ("credentialGracePeriod", "1w", "0, or a whole number of seconds, minutes, hours or days"),
+    "grace period over 30 days": ("credentialGracePeriod", "31d", "up to 30d"),
+    "grace period fractional": ("credentialGracePeriod", "1.5h", "such as 45m, 6h or 2d"),
+    "grace period negative": ("credentialGracePeriod", "-1", "0, or a whole number"),
 }
 
 

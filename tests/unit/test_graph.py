@@ -72,10 +72,10 @@ COMPONENTS = {
     "host": ("registry:index:Host", ["host-preflight", "host-data-dir"]),
     "credentials": (
         "registry:index:Credentials",
-        ["credentials-push", "credentials-pull", "credentials-http-secret"],
+        ["credentials-push", "credentials-pull", "credentials-http-secret", "credentials-generations"],
     ),
     "registry": ("registry:index:RegistryContainer", ["registry-container"]),
-    "caddy-site": ("registry:index:CaddySite", ["caddy-site-file"]),
+    "caddy-site": ("registry:index:CaddySite", ["caddy-site-handover", "caddy-site-file"]),
     "k3s-trust": ("registry:index:K3sTrust", ["k3s-trust-file", "k3s-trust-restart"]),
     "flux": ("registry:index:FluxSecret", ["flux-cluster", "flux-secret", "flux-ruby-demo-app", "flux-team-api"]),
     "verify": ("registry:index:Verify", ["verify-check"]),
@@ -107,11 +107,16 @@ def test_every_resource_belongs_to_a_component(typical: ProgramRun) -> None:
 
 DEPENDS_ON = {
     "host-data-dir": ["host-preflight"],
-    "registry-container": ["host-data-dir", "credentials-http-secret", "caddy-site-file"],
-    "caddy-site-file": ["credentials-push", "credentials-pull", "host-data-dir"],
-    "k3s-trust-file": ["host-data-dir", "credentials-pull", "caddy-site-file"],
-    "k3s-trust-restart": ["k3s-trust-file", "host-data-dir", "caddy-site-file"],
-    "flux-secret": ["credentials-pull", "caddy-site-file"],
+    "registry-container": ["host-data-dir", "credentials-http-secret", "caddy-site-handover"],
+    "caddy-site-handover": ["credentials-push", "credentials-pull", "credentials-generations", "host-data-dir"],
+    # The rotation handover: clients switch after the site accepts both, the site drops the old after them.
+    "caddy-site-file": [
+        "credentials-push", "credentials-pull", "host-data-dir",
+        "caddy-site-handover", "k3s-trust-file", "k3s-trust-restart", "flux-secret",
+    ],
+    "k3s-trust-file": ["host-data-dir", "credentials-pull", "caddy-site-handover"],
+    "k3s-trust-restart": ["k3s-trust-file", "host-data-dir", "caddy-site-handover"],
+    "flux-secret": ["credentials-pull", "caddy-site-handover"],
     "flux-ruby-demo-app": ["flux-secret"],
     "flux-team-api": ["flux-secret"],
     "verify-check": ["caddy-site-file", "registry-container", "k3s-trust-restart", "credentials-push", "credentials-pull"],
@@ -146,9 +151,9 @@ def _waits_for(run: ProgramRun, name: str) -> set[str]:
 def test_what_uses_the_site_credentials_or_needs_its_retries_waits_for_the_live_site(
     typical: ProgramRun, name: str
 ) -> None:
-    # The install step is what makes the site live (validated, reloaded): a failure there stops these.
-    assert "caddy-site-file" in _waits_for(typical, name)
-    assert name not in _waits_for(typical, "caddy-site-file")
+    # The handover step is what makes the site live (validated, reloaded): a failure there stops these.
+    assert "caddy-site-handover" in _waits_for(typical, name)
+    assert name not in _waits_for(typical, "caddy-site-handover")
 
 
 def test_preflight_depends_on_nothing(typical: ProgramRun) -> None:

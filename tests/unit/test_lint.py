@@ -49,6 +49,16 @@ def test_every_script_sent_to_the_host_passes_shellcheck(
     shellcheck(tmp_path, scripts)
 
 
+def test_grace_period_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    """The site step during a grace period (only sent after a rotation) and the expiry script it installs."""
+    from components import scripts
+
+    settle = scripts.caddy_site_settle("/etc/caddy/Caddyfile", "/etc/caddy/sites/registry+1.caddy", "registry.example.test", 1_900_000_000)
+    expire = settle.split("<<'REGISTRY_EXPIRE'\n", 1)[1].split("\nREGISTRY_EXPIRE\n", 1)[0]
+    assert "grace period over" in expire
+    shellcheck(tmp_path, {"settle-grace": settle, "expire": expire})
+
+
 def test_shellcheck_is_not_vacuous(tmp_path: Path) -> None:
     script = tmp_path / "bad.sh"
     script.write_text("set -eu\nrm -rf $dir/*\n")

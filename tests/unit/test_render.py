@@ -360,12 +360,12 @@ def test_adapted_site_proxies_to_the_upstream(adapted: dict[str, Any]) -> None:
 # --- render_caddyfile: run by a real Caddy in front of a fake registry ----------------------------
 
 
-def plain_http_site(rendered: str, address: str, flag_dir: Path) -> str:
+def plain_http_site(rendered: str, address: str, flag_dir: Path, routes: int = 1) -> str:
     """The rendered site served on a plain-http loopback address: site line swapped, tls line or block dropped,
-    the maintenance flag looked for in `flag_dir` instead of /run/registry."""
+    the maintenance flag looked for in `flag_dir` instead of /run/registry (in each of `routes` routes)."""
     lines, out, in_tls = rendered.splitlines(), [], False
     assert lines.count(f"{DOMAIN} {{") == 1, rendered
-    assert lines.count("\t\t\t\t\troot /run/registry") == 1, rendered
+    assert lines.count("\t\t\t\t\troot /run/registry") == routes, rendered
     for line in lines:
         if line == f"{DOMAIN} {{":
             out.append(f"{address} {{")
@@ -708,3 +708,121 @@ def test_unknown_user_is_refused_before_basic_auth(adapted: dict[str, Any]) -> N
     assert len(unknown) == 1
     assert handlers.index("static_response") < handlers.index("authentication")
 
+
+
+# --- render_caddyfile: a credential handover (previous passwords still accepted) --------------------------
+
+OLD_PUSH_PASSWORD, OLD_PULL_PASSWORD = "OldPushPassw0rdForUnitTestsOnly1", "OldPullPassw0rdForUnitTestsOnly2"
+OLD_PUSH, OLD_PULL = (PUSH_USER, OLD_PUSH_PASSWORD), (PULL_USER, OLD_PULL_PASSWORD)
+
+
+def handover_spec(**overrides: Any) -> SiteSpec:
+    return spec(previous_push_hash=_bcrypt(OLD_PUSH_PASSWORD), previous_pull_hash=_bcrypt(OLD_PULL_PASSWORD), **overrides)
+
+
+def test_site_without_previous_hashes_has_no_handover() -> None:
+    assert "handle_errors" not in render_caddyfile(spec())
+    assert render_caddyfile(spec(previous_push_hash="", previous_pull_hash="")) == render_caddyfile(spec())
+
+
+def test_handover_site_adds_only_an_error_route_with_the_previous_hashes() -> None:
+    spec_ = handover_spec()
+    current, handover = render_caddyfile(spec()), render_caddyfile(spec_)
+    head = current.rsplit("}\n", 1)[0]
+    assert handover.startswith(head)  # the current site, unchanged, then the handover
+    tail = handover[len(head):]
+    assert tail.splitlines()[1] == "\thandle_errors 401 {"
+    assert f"\t\t\t\t{PUSH_USER} {spec_.previous_push_hash}" in tail and PUSH_HASH not in tail
+    assert f"\t\t\t\t{PULL_USER} {spec_.previous_pull_hash}" in tail and PULL_HASH not in tail
+
+
+def test_handover_for_one_user_lists_only_that_user() -> None:
+    text = render_caddyfile(spec(previous_pull_hash=_bcrypt(OLD_PULL_PASSWORD)))
+    tail = text.split("handle_errors 401", 1)[1]
+    assert f"\t{PULL_USER} $2a$" in tail and f"\t{PUSH_USER} $2a$" not in tail
+
+
+def test_caddy_validates_the_handover_site(caddy_home: Path, full_site: tuple[str, Path]) -> None:
+    text = render_caddyfile(handover_spec(allowlist=("198.51.100.0/24",), acme_ca_root=str(full_site[1])))
+    result = _validate(caddy_home, text, "handover.caddy")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def handover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCaddy]:
+    """A real Caddy serving the handover site (no allowlist) in front of the stand-in registry."""
+    home = tmp_path_factory.mktemp("caddy-handover")
+    upstream = Upstream()
+    upstream_port = upstream.start()
+    admin, port = free_port(), free_port()
+    flag_dir = home / "run"
+    flag_dir.mkdir()
+    site = plain_http_site(
+        render_caddyfile(handover_spec(upstream=f"127.0.0.1:{upstream_port}")), f"http://127.0.0.1:{port}", flag_dir, 2
+    )
+    config = home / "Caddyfile"
+    config.write_text(f"{{\n\tadmin 127.0.0.1:{admin}\n\tstorage file_system {home / 'storage'}\n}}\n\n{site}")
+    log = home / "caddy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [tool("caddy"), "run", "--adapter", "caddyfile", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, env=caddy_env(home),
+        )
+    try:
+        _wait_listening(proc, [admin, port], log)
+        yield LiveCaddy(upstream, port, port, port, flag_dir / "read-only")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        upstream.stop()
+
+
+@pytest.mark.parametrize("auth", [PUSH, PULL, OLD_PUSH, OLD_PULL], ids=["push", "pull", "old-push", "old-pull"])
+def test_handover_accepts_both_generations_of_each_user(handover: LiveCaddy, auth: tuple[str, str]) -> None:
+    path = _path()
+    resp = call(handover.open, "GET", path, auth=auth)
+    assert resp.status == 200
+    assert handover.upstream.reached("GET", path)
+    assert "WWW-Authenticate" not in resp.headers
+    assert resp.headers.get_all(API_HEADER) == ["registry/2.0"]
+
+
+def test_handover_proxies_an_old_push_credential_with_its_body(handover: LiveCaddy) -> None:
+    path = _path()
+    assert call(handover.open, "PUT", path, auth=OLD_PUSH, body=b"layer-bytes").status == 200
+    assert ("PUT", path, b"layer-bytes") in handover.upstream.seen
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [(PUSH_USER, "wrong-password"), (PUSH_USER, OLD_PULL_PASSWORD), (PULL_USER, OLD_PUSH_PASSWORD), ("intruder", OLD_PUSH_PASSWORD), None],
+    ids=["wrong", "push-with-old-pull", "pull-with-old-push", "unknown-user", "anonymous"],
+)
+def test_handover_refuses_everything_else_with_a_basic_challenge(handover: LiveCaddy, auth: tuple[str, str] | None) -> None:
+    path = _path()
+    resp = call(handover.open, "GET", path, auth=auth)
+    assert resp.status == 401
+    assert (resp.headers.get("WWW-Authenticate") or "").startswith("Basic ")
+    assert resp.headers.get_all(API_HEADER) == ["registry/2.0"]
+    assert not handover.upstream.reached("GET", path)
+
+
+def test_handover_keeps_the_old_pull_credential_read_only(handover: LiveCaddy) -> None:
+    path = _path()
+    assert call(handover.open, "PUT", path, auth=OLD_PULL, body=b"x").status == 403
+    assert not handover.upstream.reached("PUT", path)
+
+
+def test_handover_keeps_the_maintenance_answer_for_old_credentials(handover: LiveCaddy) -> None:
+    handover.flag.write_text("")
+    try:
+        path = _path()
+        resp = call(handover.open, "PUT", path, auth=OLD_PUSH, body=b"x")
+        assert resp.status == 503 and resp.headers.get("Retry-After") == "120"
+        assert not handover.upstream.reached("PUT", path)
+    finally:
+        handover.flag.unlink()

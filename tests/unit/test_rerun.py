@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import ProgramRun, contains_unknown, is_secret
-from tests.unit.support import TYPICAL, Programs, password
+from components.scripts import GRACE_SEPARATOR, HANDOVER_SEPARATOR
+from tests.harness import ProgramRun, contains_unknown, is_secret, reveal
+from tests.unit.support import TYPICAL, Programs, generated, password
+
+DYNAMIC = "pulumi-python:dynamic:Resource"
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,10 @@ def test_rotation_changes_exactly_the_credential_consumers(first: ProgramRun, ro
     assert _changed(first, rotated) == {
         "credentials-push": ["keepers"],
         "credentials-pull": ["keepers"],
+        "credentials-generations": ["current"],
         "k3s-trust-file": ["stdin"],
         "k3s-trust-restart": ["triggers"],
+        "caddy-site-handover": ["stdin", "triggers"],
         "caddy-site-file": ["stdin"],
         "flux-secret": ["stringData"],
         "verify-check": ["stdin", "triggers"],
@@ -76,10 +81,88 @@ def test_rotation_generates_new_push_and_pull_passwords_only(first: ProgramRun, 
 
 
 def test_rotated_values_stay_secret(rotated: ProgramRun) -> None:
-    for name in ("k3s-trust-file", "caddy-site-file", "verify-check"):
+    for name in ("k3s-trust-file", "caddy-site-file", "caddy-site-handover", "verify-check"):
         assert is_secret(rotated.named(name).inputs["stdin"])
     assert is_secret(rotated.named("flux-secret").inputs["stringData"])
     assert {"pushPassword", "pullPassword", "dockerConfigJson"} <= set(rotated.secret_exports)
+
+
+def _stdin(run: ProgramRun, name: str) -> str:
+    value: str = reveal(run.named(name).inputs["stdin"])
+    return value
+
+
+def _hash(run: ProgramRun, name: str) -> str:
+    value: str = generated(run, name)["bcryptHash"]
+    return value
+
+
+def _handover_parts(run: ProgramRun) -> tuple[str, str]:
+    """The handover step's stdin: the site for a rotation, and the settled site it installs on any other change."""
+    handover, _, settled = _stdin(run, "caddy-site-handover").partition("\n" + HANDOVER_SEPARATOR + "\n")
+    assert settled, "no settled site in the handover step's stdin"
+    return handover + "\n", settled
+
+
+def test_rotation_handover_site_accepts_both_generations(first: ProgramRun, rotated: ProgramRun) -> None:
+    site = _handover_parts(rotated)[0]
+    for name in ("credentials-push", "credentials-pull"):
+        assert _hash(first, name) in site.split("handle_errors 401", 1)[1]
+        assert _hash(rotated, name) in site.split("handle_errors 401", 1)[0]
+
+
+def test_rotation_final_site_refuses_the_previous_generation(first: ProgramRun, rotated: ProgramRun) -> None:
+    site = _stdin(rotated, "caddy-site-file")
+    assert "handle_errors" not in site
+    for name in ("credentials-push", "credentials-pull"):
+        assert _hash(first, name) not in site and _hash(rotated, name) in site
+
+
+def test_first_run_has_nothing_to_hand_over(first: ProgramRun) -> None:
+    handover, settled = _handover_parts(first)
+    assert handover == settled == _stdin(first, "caddy-site-file")
+
+
+@pytest.fixture(scope="module")
+def after_rotation(programs: Programs, rotated: ProgramRun) -> ProgramRun:
+    """A later change that is not a rotation (the allowlist), on the rotated state."""
+    return programs.ok({**TYPICAL, "credentialRotation": "2", "allowlist": ["198.51.100.0/24"]}, state=rotated.state)
+
+
+def test_a_later_change_does_not_hand_over_again(rotated: ProgramRun, after_rotation: ProgramRun) -> None:
+    # An update, not a replacement: it installs the settled site (no previous generation) before any client step.
+    assert _changed(rotated, after_rotation)["caddy-site-handover"] == ["stdin"]
+    handover = after_rotation.named("caddy-site-handover")
+    assert "caddy validate" in reveal(handover.inputs["update"])
+    settled = _handover_parts(after_rotation)[1]
+    assert settled == _stdin(after_rotation, "caddy-site-file")
+    assert "handle_errors" not in settled and "198.51.100.0/24" in settled
+
+
+def test_a_rerun_after_the_rotation_keeps_the_previous_generation(programs: Programs, rotated: ProgramRun) -> None:
+    again = programs.ok({**TYPICAL, "credentialRotation": "2"}, state=rotated.state)
+    assert _changed(rotated, again) == {}
+
+
+@pytest.fixture(scope="module")
+def graced(programs: Programs, first: ProgramRun) -> ProgramRun:
+    return programs.ok({**TYPICAL, "credentialRotation": "2", "credentialGracePeriod": "2h"}, state=first.state)
+
+
+def test_grace_period_sends_both_sites_and_the_deadline(first: ProgramRun, graced: ProgramRun) -> None:
+    now_site, _, later_site = _stdin(graced, "caddy-site-file").partition(GRACE_SEPARATOR + "\n")
+    assert later_site and "handle_errors 401" in now_site and "handle_errors" not in later_site
+    assert _hash(first, "credentials-push") in now_site and _hash(first, "credentials-push") not in later_site
+    generations = reveal(graced.state[f"{DYNAMIC}::credentials-generations"]["outputs"])
+    assert generations["rotated_at"] > 0
+    deadline = generations["rotated_at"] + 2 * 3600
+    assert f'-lt {deadline} ]' in reveal(graced.named("caddy-site-file").inputs["create"])
+
+
+def test_grace_period_without_a_rotation_installs_one_site(programs: Programs) -> None:
+    run = programs.ok({**TYPICAL, "credentialGracePeriod": "2h"})
+    assert GRACE_SEPARATOR not in _stdin(run, "caddy-site-file")
+    assert "systemctl restart registry-credential-expiry.timer" not in reveal(run.named("caddy-site-file").inputs["create"])
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +181,16 @@ def test_first_preview_shows_the_host_scripts(preview: ProgramRun, first: Progra
     for name in ("host-preflight", "host-data-dir"):
         assert not contains_unknown(preview.named(name).inputs)
         assert preview.named(name).inputs == first.named(name).inputs
+
+
+@pytest.mark.parametrize("part", [0, 1])
+def test_the_handover_step_runs_its_script_on_one_part_of_its_stdin(part: int) -> None:
+    import subprocess
+
+    from components import scripts
+
+    stdin = scripts.handover_stdin("site A\nwith both\n", "site B\nsettled\n")
+    out = subprocess.run(
+        ["sh", "-c", scripts._with_stdin_part(part, "cat\n")], input=stdin, capture_output=True, text=True, check=True
+    ).stdout
+    assert out == ("site A\nwith both\n" if part == 0 else "site B\nsettled\n")
