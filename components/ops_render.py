@@ -320,7 +320,7 @@ cmd_restore() {
   if [ -d "$aside" ]; then
     say "the data before the restore is kept in $aside: delete it once the restore is checked"
   fi
-  say "check: list the catalog and pull one image you know through the public name (docs/runbook.md)"
+  say "check: list the catalog and pull one image you know through the public name (README.md, Operations)"
 }
 
 cmd_recover() {
@@ -728,7 +728,7 @@ else
 fi
 
 if [ "$failures" -gt 0 ]; then
-  printf 'verify: %s check(s) failed for %s: the changes are applied but the registry does not serve as it should (docs/runbook.md, Troubleshooting)\n' \
+  printf 'verify: %s check(s) failed for %s: the changes are applied but the registry does not serve as it should (README.md, Operations: Troubleshooting)\n' \
     "$failures" "$BASE" >&2
   exit 1
 fi

@@ -210,7 +210,8 @@ def no_answer_on_the_registry_port(net: Net) -> dict[str, tuple[str, str]]:
 def test_neighbour_reached_the_seeds_registry_through_the_route_before_the_program_ran(net: Net) -> None:
     assert net.lan.server("sysctl -n net.ipv4.ip_forward").strip() == "1"
     status, body = net.before["seed"]
-    assert (status, json.loads(body)) == ("200", {"repositories": []}), net.before["seed"]
+    # The catalog itself depends on what earlier modules left in the data directory; that it answers is the point.
+    assert status == "200" and isinstance(json.loads(body)["repositories"], list), net.before["seed"]
     assert net.before["other"][0] == "200", net.before["other"]
 
 
@@ -274,7 +275,9 @@ def test_site_answers_the_neighbour_on_443_with_auth(net: Net) -> None:
 def test_preflight_warns_about_the_other_published_container_and_leaves_it_alone(net: Net) -> None:
     assert net.fresh is not None
     [preflight] = net.fresh.ran("host-preflight")
-    assert preflight.ok and preflight.stdout == "preflight: ok"
+    assert preflight.ok and preflight.stdout.endswith("preflight: ok")
+    # The seed-style `registry` is reported as taken over (stdout), not warned about.
+    assert "preflight: takes over the existing container registry (registry:2)" in preflight.stdout
     warnings = [line for line in preflight.stderr.splitlines() if line.startswith("preflight: warning:")]
     assert warnings == [line for line in preflight.stderr.splitlines() if line.strip()], preflight.stderr
     assert len(warnings) == 1, warnings  # the hand-made `registry` is replaced, not warned about

@@ -43,10 +43,11 @@ class Ops:
     config: dict[str, Any]
     history: list[replay.ApplyResult] = field(default_factory=list)
     exports: dict[str, Any] = field(default_factory=dict)
+    stack: str = STACK
 
     def apply(self, **changes: str) -> replay.ApplyResult:
         self.config.update(changes)
-        outcome = e2e_apply.up(self.config, self.state_dir, stack=STACK, console=lambda _line: None)
+        outcome = e2e_apply.up(self.config, self.state_dir, stack=self.stack, console=lambda _line: None)
         assert outcome.result is not None
         self.exports = outcome.run.exports
         self.history.append(outcome.result)

@@ -17,7 +17,6 @@ import pytest
 from components import ops_render, retention
 from components.render import MAINTENANCE_FLAG
 from tests.e2e import apply as e2e_apply
-from tests.e2e import replay
 from tests.e2e.clients import CERT_DIR, Clients, stack_config
 from tests.e2e.test_operations import BACKUPS, DATA, NEVER, Ops, q
 from tests.e2e.testhost import TestHost
@@ -90,13 +89,7 @@ GONE = [t for i, t in enumerate(COMMIT_TAGS[:-KEEP]) if i != IN_USE]
 
 
 class Retention(Ops):
-    def apply(self, **changes: str) -> replay.ApplyResult:
-        self.config.update(changes)
-        outcome = e2e_apply.up(self.config, self.state_dir, stack=STACK, console=lambda _line: None)
-        assert outcome.result is not None
-        self.exports = outcome.run.exports
-        self.history.append(outcome.result)
-        return outcome.result
+    """The operations fixture's stack, under a stack name of its own."""
 
     def tags(self, repo: str = REPO) -> list[str]:
         return sorted(self.api_json(f"/v2/{repo}/tags/list").get("tags") or [])
@@ -137,7 +130,7 @@ def ret(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         testhost, flux="false", gcSchedule=NEVER, backupSchedule=NEVER,
         retention="true", retentionRules=json.dumps([f"{REPO}={KEEP}", f"{MULTI}=1"]),
     )
-    r = Retention(testhost, clients, e2e_apply.StateDir(tmp_path_factory.mktemp("retention-state")), config)
+    r = Retention(testhost, clients, e2e_apply.StateDir(tmp_path_factory.mktemp("retention-state")), config, stack=STACK)
     result = r.apply()
     assert result.ok, f"fresh apply failed:\n{result.error}"
     try:
