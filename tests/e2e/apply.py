@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = down(state_dir)
             print(format_plan(result.steps, result))
             print(
-                f"destroy {'succeeded' if result.ok else 'FAILED'} in {time.monotonic() - t0:.1f}s "
+                f"replayed destroy (not a Pulumi run) {'succeeded' if result.ok else 'FAILED'} in {time.monotonic() - t0:.1f}s "
                 f"({result.stats.sessions} SSH sessions)"
             )
             return 0 if result.ok else 1
@@ -217,8 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if outcome.result is not None:
         result = outcome.result
         print(
-            f"\n{'Update succeeded' if result.ok else 'Update FAILED'} in {time.monotonic() - t0:.1f}s "
-            f"({result.stats.sessions} SSH sessions, {len(result.executions)} commands)"
+            f"\n{'Replayed apply succeeded' if result.ok else 'Replayed apply FAILED'} in {time.monotonic() - t0:.1f}s "
+            f"({result.stats.sessions} SSH sessions, {len(result.executions)} commands; the program under Pulumi's "
+            "mocks and our replay of pulumi-command, not a Pulumi run)"
         )
         if args.json:
             print(json.dumps(result.to_json(), indent=1))
