@@ -15,6 +15,10 @@ from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryConta
 from components.verify import Verify, VerifyArgs
 
 cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
+storage = render.StorageSpec(
+    kind=cfg.storage, endpoint=cfg.s3_endpoint, region=cfg.s3_region, bucket=cfg.s3_bucket or "",
+    root_directory=cfg.s3_root_directory, force_path_style=cfg.s3_force_path_style, ca_file=cfg.s3_ca_file,
+)
 
 host = Host("host", HostArgs(
     address=cfg.host, port=cfg.ssh_port, user=cfg.ssh_user, private_key=cfg.ssh_private_key,
@@ -40,7 +44,10 @@ site = CaddySite("caddy-site", CaddySiteArgs(
 # and the site refuses the previous ones only once the trust file, k3s and the Flux secret switched (site.finish).
 # The container swap also waits for the site (site.handover): pulls are held by the site's retries across it.
 registry = RegistryContainer("registry", RegistryArgs(
-    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret, after=[site.handover],
+    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret,
+    distribution=cfg.distribution, storage=storage,
+    s3_access_key=pulumi.Output.secret(cfg.s3_access_key or ""), s3_secret_key=pulumi.Output.secret(cfg.s3_secret_key or ""),
+    after=[site.handover],
 ))
 pull_password = site.live(creds.pull_password)
 push_password = site.live(creds.push_password)
@@ -70,6 +77,7 @@ Maintenance("maintenance", MaintenanceArgs(
         enabled=cfg.retention, rules=cfg.retention_rules, keep_tags=cfg.retention_keep_tags,
         protect=cfg.retention_protect, k3s=cfg.k3s_trust,
     ),
+    distribution=cfg.distribution, storage=storage,
 ))
 
 pulumi.export("registryHost", cfg.domain)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components import retention
-from components.render import MAINTENANCE_FLAG
+from components.render import MAINTENANCE_FLAG, StorageSpec
 from components.scripts import DRAIN_ENV, MAINTENANCE_LOCK, STOP_TIMEOUT, q, registry_docker_run
 
 MAINTENANCE_SCRIPT = "/usr/local/sbin/registry-maintenance"
@@ -28,6 +28,13 @@ RECOVER_UNIT = "registry-maintenance-recover"
 LOCK_FILE = MAINTENANCE_LOCK
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 """The config file inside the registry:2 image; garbage-collect reads it (plus the container's env)."""
+REGISTRY3_CONFIG = "/etc/distribution/config.yml"
+"""The same file in the registry:3 image."""
+
+
+def registry_config_path(distribution: int) -> str:
+    """Where the image's own config file is, for `registry garbage-collect CONFIG`."""
+    return REGISTRY3_CONFIG if distribution >= 3 else REGISTRY_CONFIG
 READ_ONLY_ENV = {"REGISTRY_STORAGE_MAINTENANCE_READONLY": '{"enabled":true}'}
 RETENTION_DIR = "/usr/local/lib/registry-maintenance"
 RETENTION_SCRIPT = f"{RETENTION_DIR}/retention.py"
@@ -77,6 +84,10 @@ class MaintenanceSpec:
     backup_keep: int
     gc_delete_untagged: bool = False
     retention: RetentionSpec = field(default_factory=RetentionSpec)
+    distribution: int = 2
+    """Distribution's major version (where the image keeps its config file)."""
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    """filesystem (the data directory, archived by backups) or S3 (the store's own backups)."""
 
 
 def render_retention_config(spec: MaintenanceSpec) -> str:
@@ -189,6 +200,11 @@ usage_kib() {
   if [ -d "$DATA_DIR/docker" ]; then du -sk "$DATA_DIR/docker" | cut -f1; else echo 0; fi
 }
 
+s3_only() {  # s3_only WHAT: with S3 storage the data is not on this host; say whose job WHAT is, and stop
+  say "storage is $STORAGE: $1"
+  exit 0
+}
+
 collect() {  # collect [--dry-run]: garbage-collect inside the container (it reads the container's env)
   if out=$(garbage_collect "$@" 2>&1); then
     printf '%s\n' "$out"
@@ -204,7 +220,7 @@ need_python() {
 
 cmd_gc() {
   take_lock
-  if [ ! -d "$DATA_DIR/docker/registry/v2/repositories" ]; then
+  if [ "$STORAGE" = filesystem ] && [ ! -d "$DATA_DIR/docker/registry/v2/repositories" ]; then
     say "no repositories yet; nothing to collect"
     return 0
   fi
@@ -228,8 +244,12 @@ cmd_gc() {
   say "collecting:"
   collect
   close_window
-  after=$(usage_kib)
-  say "garbage collection done: $before KiB -> $after KiB ($((before - after)) KiB reclaimed)"
+  if [ "$STORAGE" = filesystem ]; then
+    after=$(usage_kib)
+    say "garbage collection done: $before KiB -> $after KiB ($((before - after)) KiB reclaimed)"
+  else
+    say "garbage collection done in the $STORAGE (the store reports its own usage)"
+  fi
   [ "$retention_failed" = 0 ] || die "tag retention failed (see above); garbage collection still ran"
 }
 
@@ -254,6 +274,7 @@ prune() {
 }
 
 cmd_backup() {
+  [ "$STORAGE" = filesystem ] || s3_only "back it up with the store's own means (bucket versioning, replication, snapshots); no archive is written"
   take_lock
   if [ ! -d "$DATA_DIR/docker" ]; then
     say "the registry holds no data yet; no backup written"
@@ -278,6 +299,7 @@ cmd_backup() {
 
 cmd_restore() {
   archive=${1:-}
+  [ "$STORAGE" = filesystem ] || die "storage is $STORAGE: restore the bucket with the store's own means (an earlier object version, a replica); this command restores data-directory archives only"
   [ -n "$archive" ] || { usage; die "restore needs an archive, e.g. the newest of: ls $BACKUP_DIR"; }
   [ -f "$archive" ] || die "$archive: no such file"
   if [ -f "$archive.sha256" ]; then
@@ -345,7 +367,11 @@ cmd_status() {
   say "container $NAME: $state"
   if is_read_only; then say "mode: read-only (maintenance window)"; else say "mode: read-write"; fi
   [ ! -f "$FLAG" ] || say "window: $(cat "$FLAG")"
-  say "data: $(usage_kib) KiB in $DATA_DIR/docker, $(df -h --output=avail "$DATA_DIR" | tail -n 1 | tr -d ' ') free"
+  if [ "$STORAGE" = filesystem ]; then
+    say "data: $(usage_kib) KiB in $DATA_DIR/docker, $(df -h --output=avail "$DATA_DIR" | tail -n 1 | tr -d ' ') free"
+  else
+    say "data: $STORAGE (backups are the store's job: versioning, replication)"
+  fi
   say "tag retention in the GC window: $RETENTION (preview: registry-maintenance retention --dry-run)"
   say "backups in $BACKUP_DIR (keeping $KEEP):"
   found=0
@@ -373,9 +399,10 @@ esac
 
 def render_maintenance_script(spec: MaintenanceSpec) -> str:
     """/usr/local/sbin/registry-maintenance: GC, backup, restore, recover and status around a read-only window."""
-    launch = registry_docker_run(spec.container, spec.image, spec.port, spec.data_dir, spec.env_file, DRAIN_ENV)
+    ca = spec.storage.ca_file if spec.storage.s3 else None
+    launch = registry_docker_run(spec.container, spec.image, spec.port, spec.data_dir, spec.env_file, DRAIN_ENV, ca)
     launch_ro = registry_docker_run(
-        spec.container, spec.image, spec.port, spec.data_dir, spec.env_file, {**DRAIN_ENV, **READ_ONLY_ENV}
+        spec.container, spec.image, spec.port, spec.data_dir, spec.env_file, {**DRAIN_ENV, **READ_ONLY_ENV}, ca
     )
     untagged = " --delete-untagged" if spec.gc_delete_untagged else ""
     header = [
@@ -392,7 +419,8 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         f"KEEP={spec.backup_keep}",
         f"FLAG={q(MAINTENANCE_FLAG)}",
         f"LOCK={q(LOCK_FILE)}",
-        f"CONFIG={q(REGISTRY_CONFIG)}",
+        f"CONFIG={q(registry_config_path(spec.distribution))}",
+        f"STORAGE={q(spec.storage.describe())}",
         f"STOP_TIMEOUT={STOP_TIMEOUT}",
         f"RETENTION={'on' if spec.retention.enabled else 'off'}",
         "",
@@ -493,7 +521,12 @@ def _heredoc(content: str, target: str) -> list[str]:
 
 
 def maintenance_install(spec: MaintenanceSpec, gc_schedule: str, backup_schedule: str) -> str:
-    """Check the schedules, write the script and units, enable the timers; a disabled timer is removed."""
+    """Check the schedules, write the script and units, enable the timers; a disabled timer is removed.
+
+    With S3 storage there is no backup timer: the data is not on this host (the store backs it up).
+    """
+    if spec.storage.s3:
+        backup_schedule = ""
     files = maintenance_files(spec, gc_schedule, backup_schedule)
     lines = [
         "set -eu",
@@ -522,7 +555,9 @@ def maintenance_install(spec: MaintenanceSpec, gc_schedule: str, backup_schedule
             lines.append(f"if [ -e {q(timer)} ]; then systemctl disable --now {q(unit + '.timer')} || true; rm -f {q(timer)}; fi")
     lines += ["systemctl daemon-reload", f"systemctl enable {q(RECOVER_UNIT + '.service')}"]
     for unit, action, schedule in ((GC_UNIT, "gc", gc_schedule), (BACKUP_UNIT, "backup", backup_schedule)):
-        if schedule:
+        if action == "backup" and spec.storage.s3:
+            lines.append(f"echo {q(f'{unit}.timer is not installed: with S3 storage the store backs the data up (versioning, replication)')}")
+        elif schedule:
             lines.append(f"systemctl enable {q(unit + '.timer')}")
             # restart: a changed OnCalendar takes effect now, not at the next boot.
             lines.append(f"systemctl restart {q(unit + '.timer')}")

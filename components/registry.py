@@ -25,6 +25,14 @@ class RegistryArgs:
     """Port the registry listens on, on the server's 127.0.0.1 (Caddy's upstream)."""
     http_secret: pulumi.Input[str]
     """Stable REGISTRY_HTTP_SECRET (secret)."""
+    distribution: int = 2
+    """Distribution's major version the image runs."""
+    storage: render.StorageSpec = render.StorageSpec()
+    """The data directory or an S3-compatible bucket."""
+    s3_access_key: pulumi.Input[str] = ""
+    """S3 access key id (secret; S3 storage only)."""
+    s3_secret_key: pulumi.Input[str] = ""
+    """S3 secret key (secret; S3 storage only)."""
     after: Sequence[pulumi.Resource] = ()
     """The Caddy site step: the container is swapped only once a site that holds pulls across the swap is live."""
 
@@ -41,14 +49,23 @@ class RegistryContainer(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
+        ca_file = args.storage.ca_file if args.storage.s3 else None
         create = args.host.data_dir.apply(
-            lambda data_dir: scripts.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE)
+            lambda data_dir: scripts.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE, ca_file)
         )
+        # The env file (storage settings, the HTTP secret and the S3 credential) arrives on stdin only.
+        env_file: pulumi.Output[str] = pulumi.Output.all(args.http_secret, args.s3_access_key, args.s3_secret_key).apply(
+            lambda v: render.render_registry_env(
+                str(v[0]), storage=args.storage, distribution=args.distribution, s3_access_key=str(v[1] or ""),
+                s3_secret_key=str(v[2] or ""),
+            )
+        )
+
         container = args.host.run(
             f"{name}-container",
             create=create,
             delete=scripts.registry_remove(CONTAINER),
-            stdin=pulumi.Output.from_input(args.http_secret).apply(render.render_registry_env),
+            stdin=pulumi.Output.secret(env_file),
             # A new image or setting replaces the container; removing the old one first frees its name and port.
             triggers=[args.image, args.port],
             parent=self,

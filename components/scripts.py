@@ -12,6 +12,8 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+from components.render import S3_CA_IN_CONTAINER
+
 q = shlex.quote
 
 HOST_TOOLS = Path(__file__).parent / "host_tools"
@@ -203,25 +205,34 @@ def registry_listen_env(port: int) -> dict[str, str]:
 
 
 def registry_docker_run(
-    name: str, image: str, port: int, data_dir: str, env_file: str, env: Mapping[str, str] | None = None
+    name: str,
+    image: str,
+    port: int,
+    data_dir: str,
+    env_file: str,
+    env: Mapping[str, str] | None = None,
+    ca_file: str | None = None,
 ) -> str:
     """The one `docker run` line for the registry container; `env` adds settings (the maintenance window's).
 
     Host networking with the registry bound to 127.0.0.1: no docker-proxy, no container address and no DOCKER-chain
     ACCEPT rule, so nothing but the server itself can reach it, whatever Docker's version or firewall defaults.
+    The data directory is mounted with S3 storage too (empty then): the image's VOLUME would otherwise leave an
+    anonymous volume behind at every replacement. `ca_file` (a private S3 endpoint's CA) is mounted read-only.
     """
     listen = registry_listen_env(port)
     if set(listen) & set(env or {}):
         raise ValueError(f"the registry's listen settings are fixed: {sorted(set(listen) & set(env or {}))}")
     settings = {**listen, **(env or {})}
     extra = "".join(f"-e {q(f'{key}={value}')} " for key, value in settings.items())
+    ca = f"-v {q(f'{ca_file}:{S3_CA_IN_CONTAINER}:ro')} " if ca_file else ""
     return (
         f"docker run -d --name {q(name)} --label {q(MANAGED_LABEL + '=pulumi')} --restart unless-stopped --network host "
-        f"-v {q(f'{data_dir}:/var/lib/registry')} --env-file {q(env_file)} {extra}{q(image)}"
+        f"-v {q(f'{data_dir}:/var/lib/registry')} {ca}--env-file {q(env_file)} {extra}{q(image)}"
     )
 
 
-def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str) -> str:
+def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str, ca_file: str | None = None) -> str:
     """Write the env file from stdin (0600), then (re)create the container and wait for /v2/."""
     return _script(
         "umask 077",
@@ -233,7 +244,8 @@ def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str)
         "flock -w 900 9 || { echo 'a registry maintenance window (GC, backup or restore) still runs after 15 minutes; retry later' >&2; exit 1; }",
         f"docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true",
         f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
-        f"{registry_docker_run(name, image, port, data_dir, env_file, DRAIN_ENV)} >/dev/null",
+        *([f"[ -f {q(ca_file)} ] || {{ echo 's3CaFile {ca_file} does not exist on the server' >&2; exit 1; }}"] if ca_file else []),
+        f"{registry_docker_run(name, image, port, data_dir, env_file, DRAIN_ENV, ca_file)} >/dev/null",
         "i=0",
         f"until curl -fsS -o /dev/null {q(f'http://127.0.0.1:{port}/v2/')}; do",
         "  i=$((i + 1))",
