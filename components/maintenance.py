@@ -42,6 +42,8 @@ class MaintenanceArgs:
     """Distribution's major version the image runs."""
     storage: render.StorageSpec = field(default_factory=render.StorageSpec)
     """The data directory or an S3-compatible bucket (no archive backups then)."""
+    replicas: int = 1
+    """Registry containers sharing the storage."""
 
 
 class Maintenance(pulumi.ComponentResource):
@@ -69,6 +71,7 @@ class Maintenance(pulumi.ComponentResource):
                     retention=args.retention,
                     distribution=args.distribution,
                     storage=args.storage,
+                    replicas=args.replicas,
                 ),
                 args.gc_schedule,
                 args.backup_schedule,

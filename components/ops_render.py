@@ -18,7 +18,16 @@ from pathlib import Path
 
 from components import retention
 from components.render import MAINTENANCE_FLAG, StorageSpec
-from components.scripts import DRAIN_ENV, MAINTENANCE_LOCK, STOP_TIMEOUT, q, registry_docker_run
+from components.scripts import (
+    DRAIN_ENV,
+    MAINTENANCE_LOCK,
+    REPLICA_SETTLE_SECONDS,
+    STOP_TIMEOUT,
+    q,
+    registry_docker_run,
+    replica_names,
+    replica_ports,
+)
 
 MAINTENANCE_SCRIPT = "/usr/local/sbin/registry-maintenance"
 UNIT_DIR = "/etc/systemd/system"
@@ -88,6 +97,8 @@ class MaintenanceSpec:
     """Distribution's major version (where the image keeps its config file)."""
     storage: StorageSpec = field(default_factory=StorageSpec)
     """filesystem (the data directory, archived by backups) or S3 (the store's own backups)."""
+    replicas: int = 1
+    """Registry containers sharing the storage: a window makes every one read-only, one at a time."""
 
 
 def render_retention_config(spec: MaintenanceSpec) -> str:
@@ -117,7 +128,7 @@ die() { printf 'registry-maintenance: %s\n' "$*" >&2; exit 1; }
 usage() {
   cat >&2 <<'USAGE'
 usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE | recover | status
-  gc               window: tag retention (when on), then read-only: garbage-collect --dry-run (logged), garbage-collect
+  gc               window: tag retention (when on), then read-only (every replica): garbage-collect --dry-run (logged), garbage-collect
   retention --dry-run  the tags (and manifests) the next gc would delete, and why others stay; changes nothing
   backup           read-only window: archive the registry's data into the backup directory, keep the newest
   restore ARCHIVE  put an archive back; the current data is moved aside inside the data directory, never deleted
@@ -126,32 +137,51 @@ usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE 
 USAGE
 }
 
-wait_ready() {
+wait_ready() {  # wait_ready NAME PORT
   i=0
-  until curl -fsS -o /dev/null "http://127.0.0.1:$PORT/v2/" 2>/dev/null; do
+  until curl -fsS -o /dev/null "http://127.0.0.1:$2/v2/" 2>/dev/null; do
     i=$((i + 1))
     if [ "$i" -ge 120 ]; then
-      docker logs --tail 20 "$NAME" >&2 || true
-      die "the registry did not answer on 127.0.0.1:$PORT within 60 s"
+      docker logs --tail 20 "$1" >&2 || true
+      die "the registry $1 did not answer on 127.0.0.1:$2 within 60 s"
     fi
     sleep 0.5
   done
 }
 
-relaunch() {  # relaunch read-only|read-write: recreate the container in that mode, wait until it answers
-  docker stop -t "$STOP_TIMEOUT" "$NAME" >/dev/null 2>&1 || true
-  docker rm -f "$NAME" >/dev/null 2>&1 || true
-  if [ "$1" = read-only ]; then
-    launch_read_only >/dev/null || die "docker run (read-only) failed"
-  else
-    launch_read_write >/dev/null || die "docker run (read-write) failed"
-  fi
-  wait_ready
+relaunch() {  # relaunch read-only|read-write: recreate every replica in that mode, one at a time
+  first=1
+  for replica in $REPLICAS; do
+    name=${replica%:*} port=${replica#*:}
+    # The replica just recreated answers; give Caddy's health check time to see it before the next one stops.
+    [ "$first" = 1 ] || sleep "$SETTLE"
+    first=0
+    docker stop -t "$STOP_TIMEOUT" "$name" >/dev/null 2>&1 || true
+    docker rm -f "$name" >/dev/null 2>&1 || true
+    if [ "$1" = read-only ]; then
+      launch_read_only "$name" >/dev/null || die "docker run (read-only) of $name failed"
+    else
+      launch_read_write "$name" >/dev/null || die "docker run (read-write) of $name failed"
+    fi
+    wait_ready "$name" "$port"
+  done
 }
 
-is_read_only() {
-  docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$NAME" 2>/dev/null |
-    grep -q '^REGISTRY_STORAGE_MAINTENANCE_READONLY='
+remove_all() {
+  for replica in $REPLICAS; do
+    docker stop -t "$STOP_TIMEOUT" "${replica%:*}" >/dev/null 2>&1 || true
+    docker rm -f "${replica%:*}" >/dev/null 2>&1 || true
+  done
+}
+
+is_read_only() {  # any replica still read-only
+  for replica in $REPLICAS; do
+    if docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "${replica%:*}" 2>/dev/null |
+      grep -q '^REGISTRY_STORAGE_MAINTENANCE_READONLY='; then
+      return 0
+    fi
+  done
+  return 1
 }
 
 take_lock() {
@@ -324,8 +354,7 @@ cmd_restore() {
   chmod 0644 "$FLAG"
   in_window=1
   relaunch_on_close=1
-  docker stop -t "$STOP_TIMEOUT" "$NAME" >/dev/null 2>&1 || true
-  docker rm -f "$NAME" >/dev/null 2>&1 || true
+  remove_all
   if [ -e "$DATA_DIR/docker" ]; then
     install -d -m 0700 "$aside"
     mv "$DATA_DIR/docker" "$aside/docker"
@@ -363,8 +392,10 @@ cmd_recover() {
 }
 
 cmd_status() {
-  state=$(docker inspect -f '{{.State.Status}} since {{.State.StartedAt}}' "$NAME" 2>/dev/null || echo 'missing')
-  say "container $NAME: $state"
+  for replica in $REPLICAS; do
+    state=$(docker inspect -f '{{.State.Status}} since {{.State.StartedAt}}' "${replica%:*}" 2>/dev/null || echo 'missing')
+    say "container ${replica%:*} (127.0.0.1:${replica#*:}): $state"
+  done
   if is_read_only; then say "mode: read-only (maintenance window)"; else say "mode: read-write"; fi
   [ ! -f "$FLAG" ] || say "window: $(cat "$FLAG")"
   if [ "$STORAGE" = filesystem ]; then
@@ -400,10 +431,16 @@ esac
 def render_maintenance_script(spec: MaintenanceSpec) -> str:
     """/usr/local/sbin/registry-maintenance: GC, backup, restore, recover and status around a read-only window."""
     ca = spec.storage.ca_file if spec.storage.s3 else None
-    launch = registry_docker_run(spec.container, spec.image, spec.port, spec.data_dir, spec.env_file, DRAIN_ENV, ca)
-    launch_ro = registry_docker_run(
-        spec.container, spec.image, spec.port, spec.data_dir, spec.env_file, {**DRAIN_ENV, **READ_ONLY_ENV}, ca
-    )
+    replicas = list(zip(replica_names(spec.container, spec.replicas), replica_ports(spec.port, spec.replicas), strict=True))
+
+    def launcher(env: Mapping[str, str]) -> str:
+        runs = [registry_docker_run(n, spec.image, p, spec.data_dir, spec.env_file, env, ca) for n, p in replicas]
+        if len(runs) == 1:
+            return f"{{ {runs[0]}; }}"
+        cases = " ".join(f"{q(n)}) {run} ;;" for (n, _), run in zip(replicas, runs, strict=True))
+        return f'{{ case "$1" in {cases} *) return 1 ;; esac; }}'
+
+    launch, launch_ro = launcher(DRAIN_ENV), launcher({**DRAIN_ENV, **READ_ONLY_ENV})
     untagged = " --delete-untagged" if spec.gc_delete_untagged else ""
     header = [
         "#!/bin/sh",
@@ -414,6 +451,8 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         "",
         f"NAME={q(spec.container)}",
         f"PORT={spec.port}",
+        f"REPLICAS={q(' '.join(f'{n}:{p}' for n, p in replicas))}",
+        f"SETTLE={REPLICA_SETTLE_SECONDS}",
         f"DATA_DIR={q(spec.data_dir)}",
         f"BACKUP_DIR={q(spec.backup_dir)}",
         f"KEEP={spec.backup_keep}",
@@ -427,8 +466,8 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         # --delete-untagged is off by default: in 2.8 it deletes the per-platform children of multi-arch images.
         f'garbage_collect() {{ docker exec "$NAME" /bin/registry garbage-collect "$@"{untagged} "$CONFIG"; }}',
         "# The container exactly as the program creates it, plus a drain timeout (and the read-only switch).",
-        f"launch_read_write() {{ {launch}; }}",
-        f"launch_read_only() {{ {launch_ro}; }}",
+        f"launch_read_write() {launch}",
+        f"launch_read_only() {launch_ro}",
         f"retention() {{ python3 -I {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)} \"$@\"; }}",
     ]
     return "\n".join(header) + "\n" + _MAINTENANCE_BODY

@@ -27,6 +27,8 @@ class RegistryArgs:
     """Stable REGISTRY_HTTP_SECRET (secret)."""
     distribution: int = 2
     """Distribution's major version the image runs."""
+    replicas: int = 1
+    """How many containers share the storage; 1 is the single container `registry`."""
     storage: render.StorageSpec = render.StorageSpec()
     """The data directory or an S3-compatible bucket."""
     s3_access_key: pulumi.Input[str] = ""
@@ -37,9 +39,9 @@ class RegistryArgs:
     """The Caddy site step: the container is swapped only once a site that holds pulls across the swap is live."""
 
 
-def upstream_address(port: int) -> str:
-    """Where Caddy reaches the registry."""
-    return f"127.0.0.1:{port}"
+def upstream_address(port: int, replicas: int = 1) -> str:
+    """Where Caddy reaches the registry: each replica's 127.0.0.1 address, separated by spaces."""
+    return " ".join(f"127.0.0.1:{p}" for p in scripts.replica_ports(port, replicas))
 
 
 class RegistryContainer(pulumi.ComponentResource):
@@ -50,9 +52,16 @@ class RegistryContainer(pulumi.ComponentResource):
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
         ca_file = args.storage.ca_file if args.storage.s3 else None
-        create = args.host.data_dir.apply(
-            lambda data_dir: scripts.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE, ca_file)
-        )
+        if args.replicas == 1:
+            create = args.host.data_dir.apply(
+                lambda data_dir: scripts.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE, ca_file)
+            )
+        else:
+            create = args.host.data_dir.apply(
+                lambda data_dir: scripts.registry_run_replicas(
+                    CONTAINER, args.image, args.port, args.replicas, data_dir, ENV_FILE, ca_file
+                )
+            )
         # The env file (storage settings, the HTTP secret and the S3 credential) arrives on stdin only.
         env_file: pulumi.Output[str] = pulumi.Output.all(args.http_secret, args.s3_access_key, args.s3_secret_key).apply(
             lambda v: render.render_registry_env(
@@ -61,15 +70,29 @@ class RegistryContainer(pulumi.ComponentResource):
             )
         )
 
-        container = args.host.run(
-            f"{name}-container",
-            create=create,
-            delete=scripts.registry_remove(CONTAINER),
-            stdin=pulumi.Output.secret(env_file),
+        if args.replicas == 1:
             # A new image or setting replaces the container; removing the old one first frees its name and port.
-            triggers=[args.image, args.port],
-            parent=self,
-            opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
-        )
-        self.upstream = container.create.apply(lambda _: upstream_address(args.port))
+            container = args.host.run(
+                f"{name}-container",
+                create=create,
+                delete=scripts.registry_remove(CONTAINER),
+                stdin=pulumi.Output.secret(env_file),
+                triggers=[args.image, args.port],
+                parent=self,
+                opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
+            )
+        else:
+            # Several replicas: a new image, env file or count is an update, which recreates them one at a time
+            # (no moment without a replica); only a new port replaces them all.
+            container = args.host.run(
+                f"{name}-container",
+                create=create,
+                update=create,
+                delete=scripts.registry_remove_replicas(CONTAINER),
+                stdin=pulumi.Output.secret(env_file),
+                triggers=[args.port],
+                parent=self,
+                opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
+            )
+        self.upstream = container.create.apply(lambda _: upstream_address(args.port, args.replicas))
         self.register_outputs({"upstream": self.upstream})

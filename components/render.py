@@ -21,6 +21,11 @@ MAINTENANCE_RETRY_AFTER = 120
 # Long enough for the registry container to drain and restart (maintenance window, image change).
 PROXY_TRY_DURATION = "30s"
 PROXY_TRY_INTERVAL = "250ms"
+# Several replicas: how Caddy checks them.
+HEALTH_URI = "/v2/"
+HEALTH_INTERVAL = "1s"
+HEALTH_TIMEOUT = "2s"
+FAIL_DURATION = "10s"
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class SiteSpec:
     domain: str
     acme_email: str
     upstream: str
-    """host:port of the registry, e.g. 127.0.0.1:5000."""
+    """host:port of the registry, e.g. 127.0.0.1:5000; several replicas: their addresses separated by spaces."""
     push_user: str
     push_hash: str
     pull_user: str
@@ -172,9 +177,25 @@ def _proxy(spec: SiteSpec, indent: str) -> list[str]:
         "\tlb_retry_match {",
         "\t\tmethod GET HEAD",
         "\t}",
+        *_health_checks(spec),
         "}",
     ]
     return [indent + line for line in lines]
+
+
+def _health_checks(spec: SiteSpec) -> list[str]:
+    """Several replicas: round robin, an active check of each one's /v2/ every second (the registry answers it 200
+    without auth on loopback), and a replica that refused a connection is skipped for a while (passive check)."""
+    if len(spec.upstream.split()) < 2:
+        return []
+    return [
+        "\tlb_policy round_robin",
+        f"\thealth_uri {HEALTH_URI}",
+        f"\thealth_interval {HEALTH_INTERVAL}",
+        f"\thealth_timeout {HEALTH_TIMEOUT}",
+        "\thealth_status 200",
+        f"\tfail_duration {FAIL_DURATION}",
+    ]
 
 
 def _handover(spec: SiteSpec) -> list[str]:

@@ -66,8 +66,8 @@ class Variant:
 # registry:2 on the data directory is what test_scenarios and test_operations cover in full.
 VARIANTS = [
     Variant("registry:3", "filesystem"),
-    Variant("registry:2", "s3"),
-    Variant("registry:3", "s3"),
+    Variant("registry:2", "s3", replicas=2),
+    Variant("registry:3", "s3", replicas=2),
 ]
 
 
@@ -311,6 +311,131 @@ def test_oci_artifact_with_a_subject_is_stored_and_found_through_the_referrers_t
     assert status == "404"
     status, found = stack.api("GET", f"/v2/e2e/app/manifests/{fallback_tag}", accept=OCI_MANIFEST)
     assert status == "200" and json.loads(found)["subject"]["digest"] == subject_digest
+
+
+# --- replicas ---------------------------------------------------------------------------------------------------
+
+
+PULL_LOOP = r"""
+stop=/run/e2e-storage-pull.stop; rm -f "$stop"; i=0
+while [ ! -e "$stop" ] && [ "$i" -lt 2000 ]; do
+  d=$(mktemp -d)
+  if skopeo copy --quiet --src-cert-dir CERTS --src-authfile AUTH "docker://REF" "dir:$d" >/dev/null 2>"$d.err"; then
+    echo "ok $i $(date +%s.%N)"
+  else
+    echo "FAIL $i $(date +%s.%N) $(tr '\n' ' ' <"$d.err")"
+  fi
+  rm -rf "$d" "$d.err"; i=$((i + 1))
+done
+rm -f "$stop"
+"""
+
+
+@dataclass
+class PullLoop:
+    """Pulls (manifest and every blob) of one image through the site, one after another, until stopped."""
+
+    stack: Stack
+    ref: str
+    proc: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def __enter__(self) -> PullLoop:
+        loop = (
+            PULL_LOOP.replace("CERTS", CERT_DIR).replace("AUTH", self.stack.pull_authfile())
+            .replace("REF", f"{self.stack.clients.domain}/{self.ref}")
+        )  # fmt: skip
+        self.proc = subprocess.Popen(["docker", "exec", self.stack.host.name, "sh", "-c", loop], stdout=subprocess.PIPE, text=True)
+        time.sleep(2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(2)
+        self.stack.host.exec("touch /run/e2e-storage-pull.stop")
+        assert self.proc is not None
+        out, _ = self.proc.communicate(timeout=120)
+        self.lines = out.splitlines()
+
+    @property
+    def failed(self) -> list[str]:
+        return [line for line in self.lines if line.startswith("FAIL")]
+
+    def during(self, start: float, end: float) -> list[str]:
+        return [line for line in self.lines if start <= float(line.split()[2]) <= end]
+
+
+def _host_time(stack: Stack) -> float:
+    return float(stack.sh("date +%s.%N"))
+
+
+def _needs_replicas(stack: Stack) -> None:
+    if stack.variant.replicas < 2:
+        pytest.skip("one replica")
+
+
+def test_caddy_balances_across_every_replica_with_health_checks(stack: Stack) -> None:
+    _needs_replicas(stack)
+    site = stack.sh("cat /etc/caddy/registry.caddy")
+    upstreams = " ".join(f"127.0.0.1:{p}" for p in stack.ports)
+    assert f"reverse_proxy {upstreams} {{" in site
+    for line in ("health_uri /v2/", "health_interval 1s", "lb_try_duration 30s", "fail_duration 10s"):
+        assert line in site, site
+    upstream_state = json.loads(stack.sh("curl -fsS http://localhost:2019/reverse_proxy/upstreams"))
+    assert sorted(u["address"] for u in upstream_state) == sorted(upstreams.split())
+
+
+def test_an_image_pushed_through_one_replica_pulls_through_another(stack: Stack) -> None:
+    _needs_replicas(stack)
+    c = stack.clients
+    first, second = stack.ports[0], stack.ports[-1]
+    c.make_image("st-replica")
+    # Straight to the replicas on loopback (no auth there: Caddy does it), so each side is one known replica.
+    c.sh(f"skopeo copy --quiet --dest-tls-verify=false docker-daemon:e2e/st-replica:1 docker://127.0.0.1:{first}/e2e/replica:1")
+    pushed = c.sh(f"skopeo inspect --tls-verify=false --format '{{{{.Digest}}}}' docker://127.0.0.1:{first}/e2e/replica:1").stdout.strip()
+    pulled = c.sh(
+        f"d=$(mktemp -d) && skopeo copy --quiet --src-tls-verify=false docker://127.0.0.1:{second}/e2e/replica:1 dir:$d && "
+        f"skopeo inspect --tls-verify=false --format '{{{{.Digest}}}}' docker://127.0.0.1:{second}/e2e/replica:1 && rm -rf $d"
+    ).stdout.strip()
+    assert pushed.startswith("sha256:") and pulled == pushed
+    assert c.digest("e2e/replica:1", stack.push_authfile()) == pushed
+
+
+def test_stopping_a_replica_during_a_pull_loop_fails_no_pull(stack: Stack) -> None:
+    _needs_replicas(stack)
+    victim = stack.containers[-1]
+    with PullLoop(stack, "e2e/app:1") as loop:
+        stopped_at = _host_time(stack)
+        stack.sh(f"docker stop -t 25 {victim} >/dev/null")
+        time.sleep(5)
+        stack.sh(f"docker start {victim} >/dev/null")
+        back_at = _host_time(stack)
+        time.sleep(3)
+        # And the first replica, the one every fresh connection may have gone to.
+        stack.sh(f"docker stop -t 25 {stack.containers[0]} >/dev/null")
+        time.sleep(5)
+        stack.sh(f"docker start {stack.containers[0]} >/dev/null")
+    print(f"\nstorage {stack.variant.id}: {len(loop.lines)} pulls, {len(loop.during(stopped_at, back_at))} while {victim} was down")
+    assert loop.failed == []
+    assert len(loop.during(stopped_at, back_at)) >= 3, loop.lines
+    stack.clients.wait_registry(timeout=60)
+
+
+def test_a_new_image_rolls_one_replica_at_a_time_and_no_pull_fails(stack: Stack) -> None:
+    _needs_replicas(stack)
+    rolled = f"{stack.variant.image}-e2e"
+    stack.sh(f"docker tag {stack.variant.image} {rolled}")
+    with PullLoop(stack, "e2e/app:1") as loop:
+        result = stack.apply(registryImage=rolled)
+    assert result.ok, result.error
+    assert [e.phase for e in result.ran("registry-container")] == ["update"]
+    starts = []
+    for name in stack.containers:
+        info = stack.clients.inspect_container(name)
+        assert info["Config"]["Image"] == rolled and info["State"]["Running"]
+        starts.append(info["State"]["StartedAt"])
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)  # one after the other
+    print(f"\nstorage {stack.variant.id}: {len(loop.lines)} pulls across the rolling image change")
+    assert loop.failed == [] and len(loop.lines) >= 5, loop.lines
 
 
 # --- maintenance ------------------------------------------------------------------------------------------------

@@ -10,9 +10,17 @@ import pytest
 from components import ops_render
 from components.config import ConfigError, image_major_version, parse_settings
 from components.ops_render import MaintenanceSpec
-from components.registry import CONTAINER, ENV_FILE
-from components.render import S3_CA_IN_CONTAINER, StorageSpec, render_registry_env
-from components.scripts import registry_docker_run, registry_run
+from components.registry import CONTAINER, ENV_FILE, upstream_address
+from components.render import S3_CA_IN_CONTAINER, StorageSpec, render_caddyfile, render_registry_env
+from components.scripts import (
+    DRAIN_ENV,
+    REPLICA_SETTLE_SECONDS,
+    preflight,
+    registry_docker_run,
+    registry_remove_replicas,
+    registry_run,
+    registry_run_replicas,
+)
 from tests.harness import run_program
 from tests.unit.support import TYPICAL, exposed_strings, shellcheck
 
@@ -176,3 +184,88 @@ def test_with_s3_backups_are_the_store_s_job_and_restore_refuses() -> None:
 
 def test_the_s3_maintenance_script_passes_shellcheck(tmp_path: Path) -> None:
     shellcheck(tmp_path, {"maintenance-s3": ops_render.render_maintenance_script(SPEC)})
+
+
+# --- replicas ------------------------------------------------------------------------------------------------------
+
+
+REPLICAS = MaintenanceSpec(**{**SPEC.__dict__, "replicas": 3})
+
+
+def test_replicas_listen_on_consecutive_loopback_ports_and_caddy_balances_with_health_checks(tmp_path: Path) -> None:
+    from tests.unit.test_render import _validate, spec
+
+    assert upstream_address(5000) == "127.0.0.1:5000"
+    assert upstream_address(5000, 3) == "127.0.0.1:5000 127.0.0.1:5001 127.0.0.1:5002"
+    site = render_caddyfile(spec(upstream=upstream_address(5000, 3)))
+    assert "reverse_proxy 127.0.0.1:5000 127.0.0.1:5001 127.0.0.1:5002 {" in site
+    for line in ("lb_policy round_robin", "health_uri /v2/", "health_interval 1s", "health_status 200", "fail_duration 10s",
+                 "lb_try_duration 30s"):  # fmt: skip
+        assert f"\t{line}\n" in site
+    # One replica: the site is what it was before replicas existed (no churn for existing stacks).
+    assert "health_uri" not in render_caddyfile(spec()) and "lb_policy" not in render_caddyfile(spec())
+    result = _validate(tmp_path, site, "replicas.caddy")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_replicas_are_recreated_one_at_a_time_each_waiting_until_it_answers() -> None:
+    script = registry_run_replicas(CONTAINER, "registry:3", 5000, 3, "/srv/data/registry", ENV_FILE)
+    lines = script.splitlines()
+    runs = [i for i, line in enumerate(lines) if line.startswith("docker run -d")]
+    assert [shlex.split(lines[i])[4] for i in runs] == ["registry", "registry-2", "registry-3"]
+    for index, (i, port) in enumerate(zip(runs, (5000, 5001, 5002), strict=True)):
+        assert f"-e REGISTRY_HTTP_ADDR=127.0.0.1:{port} " in lines[i] and "--network host" in lines[i]
+        stop = max(j for j in range(i) if lines[j].startswith("docker stop -t 25 "))
+        assert lines[stop].split()[4] == shlex.split(lines[i])[4]  # stopped just before its own run
+        wait = next(j for j in range(i, len(lines)) if lines[j].startswith("until curl"))
+        assert f"http://127.0.0.1:{port}/v2/" in lines[wait]
+        if index:
+            assert runs[index - 1] < stop and f"sleep {REPLICA_SETTLE_SECONDS}" in lines[runs[index - 1]:stop]
+    assert lines.index("cat > /etc/registry/registry.env.new") < runs[0]
+    assert "docker inspect registry-4 " in script and "docker inspect registry-3 " not in script  # scale-down
+    assert all(f"registry-{i}" in registry_remove_replicas(CONTAINER) for i in range(2, 9))
+
+
+def test_the_maintenance_window_makes_every_replica_read_only_one_at_a_time() -> None:
+    script = ops_render.render_maintenance_script(REPLICAS)
+    assert "REPLICAS='registry:5000 registry-2:5001 registry-3:5002'" in script
+    read_only = next(line for line in script.splitlines() if line.startswith("launch_read_only()"))
+    for name, port in (("registry", 5000), ("registry-2", 5001), ("registry-3", 5002)):
+        case = read_only.split(f" {name}) ", 1)[1].split(" ;;", 1)[0]
+        assert case == registry_docker_run(
+            name, "registry:3", port, "/srv/data/registry", ENV_FILE, {**DRAIN_ENV, **ops_render.READ_ONLY_ENV}
+        )
+    relaunch = script[script.index("relaunch() {"):script.index("remove_all() {")]
+    assert 'for replica in $REPLICAS; do' in relaunch and 'wait_ready "$name" "$port"' in relaunch
+    single = ops_render.render_maintenance_script(SPEC)
+    assert "REPLICAS=registry:5000" in single
+
+
+def test_preflight_checks_every_replica_port_against_its_own_container() -> None:
+    common = {"registry_port": 5000, "container": CONTAINER, "data_dir": "/d", "domain": "r.example.com",
+              "caddyfile": "/etc/caddy/Caddyfile", "registries_file": None}  # fmt: skip
+    one, three = preflight(False, "k3s", **common), preflight(False, "k3s", **common, replicas=3)  # type: ignore[arg-type]
+    assert "port=5001" not in one
+    for port, name in ((5000, "registry"), (5001, "registry-2"), (5002, "registry-3")):
+        assert f"port={port}; name={name}" in three
+    assert "case \"$cname\" in registry-2|registry-3) continue ;; esac" in three
+
+
+def test_replica_and_s3_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    shellcheck(tmp_path, {
+        "run-replicas": registry_run_replicas(CONTAINER, "registry:3", 5000, 3, "/d", ENV_FILE, "/etc/ssl/ca.pem"),
+        "remove-replicas": registry_remove_replicas(CONTAINER),
+        "maintenance-replicas": ops_render.render_maintenance_script(REPLICAS),
+        "preflight-replicas": preflight(False, "k3s", registry_port=5000, container=CONTAINER, data_dir="/d",
+                                        domain="r.example.com", caddyfile="/c", registries_file=None, replicas=3),
+    })  # fmt: skip
+
+
+def test_several_replicas_change_image_by_update_and_one_replica_by_replacement() -> None:
+    one = run_program({**TYPICAL})
+    three = run_program({**TYPICAL, **S3, "registryReplicas": "3"}, secret_keys=("s3AccessKey", "s3SecretKey"))
+    assert three.error is None, three.error
+    single, rolling = one.named("registry-container"), three.named("registry-container")
+    assert single.value("update") in (None, "") and rolling.value("update") == rolling.value("create")
+    assert len(single.value("triggers")) == 2 and rolling.value("triggers") == [5000]
+    assert "127.0.0.1:5002" in three.named("caddy-site-handover").value("stdin")
