@@ -423,6 +423,9 @@ def go_build(recipe: Path, package: str, out: Path, config_from: str | None = No
     if not os.access(go, os.X_OK):
         raise TestHostError("the Go toolchain is not installed (needed to build the registry:3 and S3 stand-ins)")
     env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    if not env.get("HOME") and not env.get("XDG_CACHE_HOME"):  # go needs somewhere for its caches
+        env.setdefault("GOCACHE", str(REPO_DIR / ".e2e" / "go" / "cache"))
+        env.setdefault("GOPATH", str(REPO_DIR / ".e2e" / "go"))
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="regtest-go-") as tmp:
         for name in ("go.mod", "go.sum"):
