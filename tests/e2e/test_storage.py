@@ -438,6 +438,31 @@ def test_a_new_image_rolls_one_replica_at_a_time_and_no_pull_fails(stack: Stack)
     assert loop.failed == [] and len(loop.lines) >= 5, loop.lines
 
 
+def test_one_replica_scales_to_two_on_the_data_directory_and_back_with_no_failed_pull(stack: Stack) -> None:
+    if stack.variant.replicas != 1 or stack.variant.storage != "filesystem":
+        pytest.skip("the filesystem variant starts with one replica")
+    with PullLoop(stack, "e2e/app:1") as loop:
+        up = stack.apply(registryReplicas="2")
+    assert up.ok, up.error
+    # 1 -> 2 changes the container step's triggers: one replacement (its delete, then both replicas).
+    assert [e.phase for e in up.ran("registry-container")] == ["delete", "create"]
+    for name, port in (("registry", PORT), ("registry-2", PORT + 1)):
+        info = stack.clients.inspect_container(name)
+        assert info["State"]["Running"] and f"REGISTRY_HTTP_ADDR=127.0.0.1:{port}" in info["Config"]["Env"]
+        assert [(m["Source"], m["Destination"]) for m in info["Mounts"]] == [(DATA, "/var/lib/registry")]
+        # Both serve the one data directory.
+        tags = stack.sh(f"curl -fsS http://127.0.0.1:{port}/v2/e2e/app/tags/list")
+        assert "1" in json.loads(tags)["tags"], (name, tags)
+    assert loop.failed == [] and len(loop.lines) >= 5, loop.lines
+    with PullLoop(stack, "e2e/app:1") as loop:
+        down = stack.apply(registryReplicas="1")
+    assert down.ok, down.error
+    assert stack.sh("docker ps -aq --filter name=^registry-2$").strip() == ""
+    assert stack.clients.inspect_container("registry")["State"]["Running"]
+    assert "127.0.0.1:5001" not in stack.sh("cat /etc/caddy/registry.caddy")
+    assert loop.failed == [] and len(loop.lines) >= 5, loop.lines
+
+
 # --- maintenance ------------------------------------------------------------------------------------------------
 
 
