@@ -1,4 +1,5 @@
-"""The Distribution registry container: host networking, listening on 127.0.0.1 only, storing into the host's data directory."""
+"""The Distribution registry container(s): host networking, listening on 127.0.0.1 only, storing into the host's data
+directory or an S3-compatible bucket."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def upstream_address(port: int, replicas: int = 1) -> str:
 
 
 class RegistryContainer(pulumi.ComponentResource):
-    """Owns the `registry` container and its env file; the data directory belongs to the host and outlives it."""
+    """Owns the `registry` container (with several replicas also `registry-2`, ...) and their env file; the data
+    directory belongs to the host and a bucket to its store: both outlive it."""
 
     upstream: pulumi.Output[str]
 
@@ -69,7 +71,6 @@ class RegistryContainer(pulumi.ComponentResource):
                 s3_secret_key=str(v[2] or ""),
             )
         )
-
         if args.replicas == 1:
             # A new image or setting replaces the container; removing the old one first frees its name and port.
             container = args.host.run(
