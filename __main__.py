@@ -15,12 +15,16 @@ from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryConta
 from components.verify import Verify, VerifyArgs
 
 cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
+storage = render.StorageSpec(
+    kind=cfg.storage, endpoint=cfg.s3_endpoint, region=cfg.s3_region, bucket=cfg.s3_bucket or "",
+    root_directory=cfg.s3_root_directory, force_path_style=cfg.s3_force_path_style, ca_file=cfg.s3_ca_file,
+)
 
 host = Host("host", HostArgs(
     address=cfg.host, port=cfg.ssh_port, user=cfg.ssh_user, private_key=cfg.ssh_private_key,
     host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
     registry_port=cfg.registry_port, container=CONTAINER, domain=cfg.domain, caddyfile=cfg.caddyfile,
-    registries_file=cfg.k3s_registries_file,
+    registries_file=cfg.k3s_registries_file, replicas=cfg.registry_replicas,
 ))
 creds = Credentials("credentials", CredentialsArgs(
     push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,
@@ -29,7 +33,7 @@ creds = Credentials("credentials", CredentialsArgs(
 # Order: the site goes live first; the container swap, the trust file, the k3s restart and the Flux secret follow
 # only once it accepts the credentials they use.
 site = CaddySite("caddy-site", CaddySiteArgs(
-    host=host, upstream=upstream_address(cfg.registry_port), domain=cfg.domain, acme_email=cfg.acme_email,
+    host=host, upstream=upstream_address(cfg.registry_port, cfg.registry_replicas), domain=cfg.domain, acme_email=cfg.acme_email,
     push_user=cfg.push_user, push_hash=creds.push_hash, pull_user=cfg.pull_user, pull_hash=creds.pull_hash,
     allowlist=cfg.allowlist, acme_ca_url=cfg.acme_ca_url, acme_ca_root=cfg.acme_ca_root,
     caddyfile=cfg.caddyfile, site_file=cfg.caddy_site_file,
@@ -40,7 +44,10 @@ site = CaddySite("caddy-site", CaddySiteArgs(
 # and the site refuses the previous ones only once the trust file, k3s and the Flux secret switched (site.finish).
 # The container swap also waits for the site (site.handover): pulls are held by the site's retries across it.
 registry = RegistryContainer("registry", RegistryArgs(
-    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret, after=[site.handover],
+    host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret,
+    distribution=cfg.distribution, storage=storage, replicas=cfg.registry_replicas,
+    s3_access_key=pulumi.Output.secret(cfg.s3_access_key or ""), s3_secret_key=pulumi.Output.secret(cfg.s3_secret_key or ""),
+    after=[site.handover],
 ))
 pull_password = site.live(creds.pull_password)
 push_password = site.live(creds.push_password)
@@ -70,6 +77,7 @@ Maintenance("maintenance", MaintenanceArgs(
         enabled=cfg.retention, rules=cfg.retention_rules, keep_tags=cfg.retention_keep_tags,
         protect=cfg.retention_protect, k3s=cfg.k3s_trust,
     ),
+    distribution=cfg.distribution, storage=storage, replicas=cfg.registry_replicas,
 ))
 
 pulumi.export("registryHost", cfg.domain)

@@ -80,7 +80,29 @@ class Settings:
     registry_image: str = "registry:2"
     """Registry image, pinnable by digest."""
     registry_port: int = 5000
-    """Loopback port the registry is published on."""
+    """Loopback port the registry listens on (the first replica's; replica i listens on port + i - 1)."""
+    registry_major_version: int | None = None
+    """Distribution 2 or 3 (config paths and defaults differ); None: from the image's tag (3.x tags: 3, else 2)."""
+    registry_replicas: int = 1
+    """How many registry containers share the storage and the HTTP secret (Caddy load-balances across them)."""
+    storage: str = "filesystem"
+    """filesystem (dataDir) or s3 (an S3-compatible bucket)."""
+    s3_endpoint: str | None = None
+    """URL of an S3-compatible server (http(s)://host[:port]); AWS S3 itself when unset."""
+    s3_region: str = "us-east-1"
+    """Region of the bucket (any name an S3-compatible server accepts)."""
+    s3_bucket: str | None = None
+    """Bucket holding the registry's data (it must exist)."""
+    s3_root_directory: str = ""
+    """Prefix inside the bucket ("" for the bucket's root)."""
+    s3_force_path_style: bool = True
+    """Path-style addressing (endpoint/bucket/key) instead of virtual-hosted (bucket.endpoint/key)."""
+    s3_access_key: str | None = field(default=None, repr=False)
+    """Access key id (secret config)."""
+    s3_secret_key: str | None = field(default=None, repr=False)
+    """Secret access key (secret config)."""
+    s3_ca_file: str | None = None
+    """Path on the host of a PEM CA that signs a private endpoint's TLS certificate."""
     data_dir: str = "/srv/data/registry"
     """Host directory holding the registry's data; never removed."""
     allowlist: tuple[str, ...] = ()
@@ -135,6 +157,18 @@ class Settings:
     @property
     def registry_url(self) -> str:
         return f"https://{self.domain}"
+
+    @property
+    def distribution(self) -> int:
+        """The Distribution major version the image runs: the setting, or the image's tag."""
+        return self.registry_major_version or image_major_version(self.registry_image)
+
+
+def image_major_version(image: str) -> int:
+    """3 for an image whose tag starts with 3 (registry:3, registry:3.0.0, ...), 2 for every other image."""
+    name = image.split("@", 1)[0]
+    tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else ""
+    return 3 if re.match(r"^v?3(?:[.-]|$)", tag) else 2
 
 
 # key -> (field name, parser). Parsers take the raw string and raise ValueError("accepted ...").
@@ -230,6 +264,7 @@ def _is_url(value: str) -> bool:
 
 
 _PATH = "an absolute normalised path of letters, digits and ._/@+-"
+MAX_REPLICAS = 8
 _CALENDAR = "a systemd OnCalendar expression such as 'Sun *-*-* 03:00:00' or 'daily', or empty to disable the timer"
 
 
@@ -247,6 +282,17 @@ def _grace(raw: str) -> int:
     if seconds > MAX_GRACE:
         raise ValueError(_GRACE)
     return seconds
+
+
+def _major(raw: str) -> int:
+    if str(raw).strip() not in ("2", "3"):
+        raise ValueError("2 or 3, or empty to read it from the image's tag")
+    return int(raw)
+
+
+def _is_s3_endpoint(value: str) -> bool:
+    m = re.match(r"^(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::([0-9]{1,5}))?/?$", value)
+    return m is not None and (m.group(3) is None or 1 <= int(m.group(3)) <= 65535)
 
 
 def _is_calendar(value: str) -> bool:
@@ -307,6 +353,17 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "credentialGracePeriod": ("credential_grace_period", _grace),
     "registryImage": ("registry_image", _str("an image reference such as registry:2 or registry@sha256:<64 hex>", lambda v: bool(_IMAGE_RE.match(v)))),
     "registryPort": ("registry_port", _int(1024, 65535)),
+    "registryMajorVersion": ("registry_major_version", _optional(_major)),
+    "registryReplicas": ("registry_replicas", _int(1, MAX_REPLICAS)),
+    "storage": ("storage", _str("filesystem or s3", lambda v: v in ("filesystem", "s3"))),
+    "s3Endpoint": ("s3_endpoint", _optional(_str("an http:// or https:// URL of the S3 server, such as http://127.0.0.1:8333 or https://s3.example.com (no path)", _is_s3_endpoint))),
+    "s3Region": ("s3_region", _str("a region name of letters, digits and - such as us-east-1", lambda v: bool(re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", v)))),
+    "s3Bucket": ("s3_bucket", _optional(_str("an S3 bucket name: 3-63 lower-case letters, digits, '.' and '-'", lambda v: bool(re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", v))))),
+    "s3RootDirectory": ("s3_root_directory", _str("empty, or a prefix such as /registry (a '/' then letters, digits and ._/-)", lambda v: v == "" or bool(re.match(r"^/[A-Za-z0-9._/-]*[A-Za-z0-9._-]$", v)))),
+    "s3ForcePathStyle": ("s3_force_path_style", _bool),
+    "s3AccessKey": ("s3_access_key", _optional(_str("1-128 printable characters without whitespace", lambda v: bool(re.match(r"^[!-~]{1,128}$", v))))),
+    "s3SecretKey": ("s3_secret_key", _optional(_str("1-256 printable characters without whitespace", lambda v: bool(re.match(r"^[!-~]{1,256}$", v))))),
+    "s3CaFile": ("s3_ca_file", _optional(_str(_PATH, _is_abs_path))),
     "dataDir": ("data_dir", _str(_PATH, _is_abs_path)),
     "allowlist": ("allowlist", _list(_cidr, "CIDRs such as 203.0.113.0/24")),
     "caddyfile": ("caddyfile", _str(_PATH, _is_abs_path)),
@@ -334,7 +391,8 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "retentionProtect": ("retention_protect", _list(_str("digests", lambda v: bool(_DIGEST_RE.match(v))), "digests such as sha256:<64 lower-case hex>")),
 }
 
-SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig", "existingPushPassword"})
+SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig", "existingPushPassword", "s3AccessKey", "s3SecretKey"})
+S3_KEYS = ("s3Endpoint", "s3Bucket", "s3RootDirectory", "s3AccessKey", "s3SecretKey", "s3CaFile")
 
 
 def _show(key: str, raw: Any) -> str:
@@ -367,9 +425,46 @@ def parse_settings(raw: Mapping[str, Any], project: str = "registry") -> Setting
             errors.append(
                 f"{project}:backupDir = {backups!r} is invalid; accepted: a directory outside dataDir ({data!r}) that does not contain it"
             )
+    errors += _storage_errors(raw, values, project, errors)
     if errors:
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
     return Settings(**values)
+
+
+def _storage_errors(raw: Mapping[str, Any], values: Mapping[str, Any], project: str, errors: list[str]) -> list[str]:
+    """What the storage and replica settings must agree on (each valid on its own)."""
+    found: list[str] = []
+    bad = {e.split(" ", 1)[0].split(":", 1)[1] for e in errors if e.startswith(f"{project}:")}
+    storage = values.get("storage", Settings.storage)
+    if "storage" in bad:
+        return found
+    if storage == "filesystem":
+        for key in S3_KEYS:
+            if raw.get(key) not in (None, "") and key not in bad:
+                found.append(f"{project}:{key} = {_show(key, raw[key])} is invalid; accepted: empty while storage = 'filesystem' (set storage to s3 to use it)")
+    else:
+        for key in ("s3Bucket", "s3AccessKey", "s3SecretKey"):
+            if values.get(SCHEMA[key][0]) is None and key not in bad:
+                found.append(f"{project}:{key} is not set; accepted: {'a bucket name' if key == 's3Bucket' else 'the S3 credential (set it with --secret)'}, required with storage = 's3'")
+        endpoint = values.get("s3_endpoint")
+        if values.get("s3_ca_file") and not (endpoint or "").startswith("https://") and "s3Endpoint" not in bad:
+            found.append(f"{project}:s3CaFile = {values['s3_ca_file']!r} is invalid; accepted: a CA file only with an https:// s3Endpoint (it is {endpoint!r})")
+        image, major = values.get("registry_image", Settings.registry_image), values.get("registry_major_version")
+        distribution = major or image_major_version(image)
+        if endpoint and distribution == 2 and not values.get("s3_force_path_style", True) and not bad & {"registryImage", "registryMajorVersion"}:
+            found.append(
+                f"{project}:s3ForcePathStyle = 'false' is invalid; accepted: true with Distribution 2 ({image!r}) and an s3Endpoint "
+                "(2.8 always uses path-style addressing with an endpoint; virtual-hosted addressing needs registry:3)"
+            )
+    if storage == "s3" and values.get("retention") and "retention" not in bad:
+        found.append(
+            f"{project}:retention = 'true' is invalid; accepted: false with storage = 's3' "
+            "(tag retention dates tags from the data directory, which S3 storage does not use)"
+        )
+    replicas, port = values.get("registry_replicas", 1), values.get("registry_port", Settings.registry_port)
+    if port + replicas - 1 > 65535 and not bad & {"registryReplicas", "registryPort"}:
+        found.append(f"{project}:registryReplicas = {str(replicas)!r} is invalid; accepted: at most {65535 - port + 1} with registryPort = {port} (replica i listens on registryPort + i - 1)")
+    return found
 
 
 def project_config(project: str) -> dict[str, Any]:

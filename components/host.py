@@ -41,6 +41,8 @@ class HostArgs:
     """The main Caddyfile."""
     registries_file: str
     """k3s's registries.yaml (preflight reports an existing one when k3s trust is on)."""
+    replicas: int = 1
+    """Registry replicas: preflight checks each one's port."""
 
 
 class Host(pulumi.ComponentResource):
@@ -68,7 +70,7 @@ class Host(pulumi.ComponentResource):
             create=scripts.preflight(
                 args.require_k3s, args.k3s_service, registry_port=args.registry_port, container=args.container,
                 data_dir=args.data_dir, domain=args.domain, caddyfile=args.caddyfile,
-                registries_file=args.registries_file if args.require_k3s else None,
+                registries_file=args.registries_file if args.require_k3s else None, replicas=args.replicas,
             ),
         )
         directory = self.run(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pulumi
 
-from components import ops_render
+from components import ops_render, render
 from components.host import Host
 
 TYPE = "registry:index:Maintenance"
@@ -38,6 +38,12 @@ class MaintenanceArgs:
     """How many archives to keep."""
     retention: ops_render.RetentionSpec = field(default_factory=ops_render.RetentionSpec)
     """Tag retention inside the GC window (off by default)."""
+    distribution: int = 2
+    """Distribution's major version the image runs."""
+    storage: render.StorageSpec = field(default_factory=render.StorageSpec)
+    """The data directory or an S3-compatible bucket (no archive backups then)."""
+    replicas: int = 1
+    """Registry containers sharing the storage."""
 
 
 class Maintenance(pulumi.ComponentResource):
@@ -63,6 +69,9 @@ class Maintenance(pulumi.ComponentResource):
                     backup_keep=args.backup_keep,
                     gc_delete_untagged=args.gc_delete_untagged,
                     retention=args.retention,
+                    distribution=args.distribution,
+                    storage=args.storage,
+                    replicas=args.replicas,
                 ),
                 args.gc_schedule,
                 args.backup_schedule,

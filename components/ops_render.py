@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from components import retention
-from components.render import MAINTENANCE_FLAG
-from components.scripts import DRAIN_ENV, MAINTENANCE_LOCK, STOP_TIMEOUT, q, registry_docker_run
+from components.render import MAINTENANCE_FLAG, StorageSpec
+from components.scripts import (
+    DRAIN_ENV,
+    MAINTENANCE_LOCK,
+    REPLICA_SETTLE_SECONDS,
+    STOP_TIMEOUT,
+    q,
+    registry_docker_run,
+    replica_names,
+    replica_ports,
+)
 
 MAINTENANCE_SCRIPT = "/usr/local/sbin/registry-maintenance"
 UNIT_DIR = "/etc/systemd/system"
@@ -28,6 +37,13 @@ RECOVER_UNIT = "registry-maintenance-recover"
 LOCK_FILE = MAINTENANCE_LOCK
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 """The config file inside the registry:2 image; garbage-collect reads it (plus the container's env)."""
+REGISTRY3_CONFIG = "/etc/distribution/config.yml"
+"""The same file in the registry:3 image."""
+
+
+def registry_config_path(distribution: int) -> str:
+    """Where the image's own config file is, for `registry garbage-collect CONFIG`."""
+    return REGISTRY3_CONFIG if distribution >= 3 else REGISTRY_CONFIG
 READ_ONLY_ENV = {"REGISTRY_STORAGE_MAINTENANCE_READONLY": '{"enabled":true}'}
 RETENTION_DIR = "/usr/local/lib/registry-maintenance"
 RETENTION_SCRIPT = f"{RETENTION_DIR}/retention.py"
@@ -77,6 +93,12 @@ class MaintenanceSpec:
     backup_keep: int
     gc_delete_untagged: bool = False
     retention: RetentionSpec = field(default_factory=RetentionSpec)
+    distribution: int = 2
+    """Distribution's major version (where the image keeps its config file)."""
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    """filesystem (the data directory, archived by backups) or S3 (the store's own backups)."""
+    replicas: int = 1
+    """Registry containers sharing the storage: a window makes every one read-only, one at a time."""
 
 
 def render_retention_config(spec: MaintenanceSpec) -> str:
@@ -106,7 +128,7 @@ die() { printf 'registry-maintenance: %s\n' "$*" >&2; exit 1; }
 usage() {
   cat >&2 <<'USAGE'
 usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE | recover | status
-  gc               window: tag retention (when on), then read-only: garbage-collect --dry-run (logged), garbage-collect
+  gc               window: tag retention (when on), then read-only (every replica): garbage-collect --dry-run (logged), garbage-collect
   retention --dry-run  the tags (and manifests) the next gc would delete, and why others stay; changes nothing
   backup           read-only window: archive the registry's data into the backup directory, keep the newest
   restore ARCHIVE  put an archive back; the current data is moved aside inside the data directory, never deleted
@@ -115,32 +137,51 @@ usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE 
 USAGE
 }
 
-wait_ready() {
+wait_ready() {  # wait_ready NAME PORT
   i=0
-  until curl -fsS -o /dev/null "http://127.0.0.1:$PORT/v2/" 2>/dev/null; do
+  until curl -fsS -o /dev/null "http://127.0.0.1:$2/v2/" 2>/dev/null; do
     i=$((i + 1))
     if [ "$i" -ge 120 ]; then
-      docker logs --tail 20 "$NAME" >&2 || true
-      die "the registry did not answer on 127.0.0.1:$PORT within 60 s"
+      docker logs --tail 20 "$1" >&2 || true
+      die "the registry $1 did not answer on 127.0.0.1:$2 within 60 s"
     fi
     sleep 0.5
   done
 }
 
-relaunch() {  # relaunch read-only|read-write: recreate the container in that mode, wait until it answers
-  docker stop -t "$STOP_TIMEOUT" "$NAME" >/dev/null 2>&1 || true
-  docker rm -f "$NAME" >/dev/null 2>&1 || true
-  if [ "$1" = read-only ]; then
-    launch_read_only >/dev/null || die "docker run (read-only) failed"
-  else
-    launch_read_write >/dev/null || die "docker run (read-write) failed"
-  fi
-  wait_ready
+relaunch() {  # relaunch read-only|read-write: recreate every replica in that mode, one at a time
+  first=1
+  for replica in $REPLICAS; do
+    name=${replica%:*} port=${replica#*:}
+    # The replica just recreated answers; give Caddy's health check time to see it before the next one stops.
+    [ "$first" = 1 ] || sleep "$SETTLE"
+    first=0
+    docker stop -t "$STOP_TIMEOUT" "$name" >/dev/null 2>&1 || true
+    docker rm -f "$name" >/dev/null 2>&1 || true
+    if [ "$1" = read-only ]; then
+      launch_read_only "$name" >/dev/null || die "docker run (read-only) of $name failed"
+    else
+      launch_read_write "$name" >/dev/null || die "docker run (read-write) of $name failed"
+    fi
+    wait_ready "$name" "$port"
+  done
 }
 
-is_read_only() {
-  docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$NAME" 2>/dev/null |
-    grep -q '^REGISTRY_STORAGE_MAINTENANCE_READONLY='
+remove_all() {
+  for replica in $REPLICAS; do
+    docker stop -t "$STOP_TIMEOUT" "${replica%:*}" >/dev/null 2>&1 || true
+    docker rm -f "${replica%:*}" >/dev/null 2>&1 || true
+  done
+}
+
+is_read_only() {  # any replica still read-only
+  for replica in $REPLICAS; do
+    if docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "${replica%:*}" 2>/dev/null |
+      grep -q '^REGISTRY_STORAGE_MAINTENANCE_READONLY='; then
+      return 0
+    fi
+  done
+  return 1
 }
 
 take_lock() {
@@ -189,6 +230,11 @@ usage_kib() {
   if [ -d "$DATA_DIR/docker" ]; then du -sk "$DATA_DIR/docker" | cut -f1; else echo 0; fi
 }
 
+s3_only() {  # s3_only WHAT: with S3 storage the data is not on this host; say whose job WHAT is, and stop
+  say "storage is $STORAGE: $1"
+  exit 0
+}
+
 collect() {  # collect [--dry-run]: garbage-collect inside the container (it reads the container's env)
   if out=$(garbage_collect "$@" 2>&1); then
     printf '%s\n' "$out"
@@ -204,7 +250,7 @@ need_python() {
 
 cmd_gc() {
   take_lock
-  if [ ! -d "$DATA_DIR/docker/registry/v2/repositories" ]; then
+  if [ "$STORAGE" = filesystem ] && [ ! -d "$DATA_DIR/docker/registry/v2/repositories" ]; then
     say "no repositories yet; nothing to collect"
     return 0
   fi
@@ -228,8 +274,12 @@ cmd_gc() {
   say "collecting:"
   collect
   close_window
-  after=$(usage_kib)
-  say "garbage collection done: $before KiB -> $after KiB ($((before - after)) KiB reclaimed)"
+  if [ "$STORAGE" = filesystem ]; then
+    after=$(usage_kib)
+    say "garbage collection done: $before KiB -> $after KiB ($((before - after)) KiB reclaimed)"
+  else
+    say "garbage collection done in the $STORAGE (the store reports its own usage)"
+  fi
   [ "$retention_failed" = 0 ] || die "tag retention failed (see above); garbage collection still ran"
 }
 
@@ -254,6 +304,7 @@ prune() {
 }
 
 cmd_backup() {
+  [ "$STORAGE" = filesystem ] || s3_only "back it up with the store's own means (bucket versioning, replication, snapshots); no archive is written"
   take_lock
   if [ ! -d "$DATA_DIR/docker" ]; then
     say "the registry holds no data yet; no backup written"
@@ -278,6 +329,7 @@ cmd_backup() {
 
 cmd_restore() {
   archive=${1:-}
+  [ "$STORAGE" = filesystem ] || die "storage is $STORAGE: restore the bucket with the store's own means (an earlier object version, a replica); this command restores data-directory archives only"
   [ -n "$archive" ] || { usage; die "restore needs an archive, e.g. the newest of: ls $BACKUP_DIR"; }
   [ -f "$archive" ] || die "$archive: no such file"
   if [ -f "$archive.sha256" ]; then
@@ -302,8 +354,7 @@ cmd_restore() {
   chmod 0644 "$FLAG"
   in_window=1
   relaunch_on_close=1
-  docker stop -t "$STOP_TIMEOUT" "$NAME" >/dev/null 2>&1 || true
-  docker rm -f "$NAME" >/dev/null 2>&1 || true
+  remove_all
   if [ -e "$DATA_DIR/docker" ]; then
     install -d -m 0700 "$aside"
     mv "$DATA_DIR/docker" "$aside/docker"
@@ -341,11 +392,17 @@ cmd_recover() {
 }
 
 cmd_status() {
-  state=$(docker inspect -f '{{.State.Status}} since {{.State.StartedAt}}' "$NAME" 2>/dev/null || echo 'missing')
-  say "container $NAME: $state"
+  for replica in $REPLICAS; do
+    state=$(docker inspect -f '{{.State.Status}} since {{.State.StartedAt}}' "${replica%:*}" 2>/dev/null || echo 'missing')
+    say "container ${replica%:*} (127.0.0.1:${replica#*:}): $state"
+  done
   if is_read_only; then say "mode: read-only (maintenance window)"; else say "mode: read-write"; fi
   [ ! -f "$FLAG" ] || say "window: $(cat "$FLAG")"
-  say "data: $(usage_kib) KiB in $DATA_DIR/docker, $(df -h --output=avail "$DATA_DIR" | tail -n 1 | tr -d ' ') free"
+  if [ "$STORAGE" = filesystem ]; then
+    say "data: $(usage_kib) KiB in $DATA_DIR/docker, $(df -h --output=avail "$DATA_DIR" | tail -n 1 | tr -d ' ') free"
+  else
+    say "data: $STORAGE (backups are the store's job: versioning, replication)"
+  fi
   say "tag retention in the GC window: $RETENTION (preview: registry-maintenance retention --dry-run)"
   say "backups in $BACKUP_DIR (keeping $KEEP):"
   found=0
@@ -373,10 +430,17 @@ esac
 
 def render_maintenance_script(spec: MaintenanceSpec) -> str:
     """/usr/local/sbin/registry-maintenance: GC, backup, restore, recover and status around a read-only window."""
-    launch = registry_docker_run(spec.container, spec.image, spec.port, spec.data_dir, spec.env_file, DRAIN_ENV)
-    launch_ro = registry_docker_run(
-        spec.container, spec.image, spec.port, spec.data_dir, spec.env_file, {**DRAIN_ENV, **READ_ONLY_ENV}
-    )
+    ca = spec.storage.ca_file if spec.storage.s3 else None
+    replicas = list(zip(replica_names(spec.container, spec.replicas), replica_ports(spec.port, spec.replicas), strict=True))
+
+    def launcher(env: Mapping[str, str]) -> str:
+        runs = [registry_docker_run(n, spec.image, p, spec.data_dir, spec.env_file, env, ca) for n, p in replicas]
+        if len(runs) == 1:
+            return f"{{ {runs[0]}; }}"
+        cases = " ".join(f"{q(n)}) {run} ;;" for (n, _), run in zip(replicas, runs, strict=True))
+        return f'{{ case "$1" in {cases} *) return 1 ;; esac; }}'
+
+    launch, launch_ro = launcher(DRAIN_ENV), launcher({**DRAIN_ENV, **READ_ONLY_ENV})
     untagged = " --delete-untagged" if spec.gc_delete_untagged else ""
     header = [
         "#!/bin/sh",
@@ -387,20 +451,23 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         "",
         f"NAME={q(spec.container)}",
         f"PORT={spec.port}",
+        f"REPLICAS={q(' '.join(f'{n}:{p}' for n, p in replicas))}",
+        f"SETTLE={REPLICA_SETTLE_SECONDS}",
         f"DATA_DIR={q(spec.data_dir)}",
         f"BACKUP_DIR={q(spec.backup_dir)}",
         f"KEEP={spec.backup_keep}",
         f"FLAG={q(MAINTENANCE_FLAG)}",
         f"LOCK={q(LOCK_FILE)}",
-        f"CONFIG={q(REGISTRY_CONFIG)}",
+        f"CONFIG={q(registry_config_path(spec.distribution))}",
+        f"STORAGE={q(spec.storage.describe())}",
         f"STOP_TIMEOUT={STOP_TIMEOUT}",
         f"RETENTION={'on' if spec.retention.enabled else 'off'}",
         "",
         # --delete-untagged is off by default: in 2.8 it deletes the per-platform children of multi-arch images.
         f'garbage_collect() {{ docker exec "$NAME" /bin/registry garbage-collect "$@"{untagged} "$CONFIG"; }}',
         "# The container exactly as the program creates it, plus a drain timeout (and the read-only switch).",
-        f"launch_read_write() {{ {launch}; }}",
-        f"launch_read_only() {{ {launch_ro}; }}",
+        f"launch_read_write() {launch}",
+        f"launch_read_only() {launch_ro}",
         f"retention() {{ python3 -I {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)} \"$@\"; }}",
     ]
     return "\n".join(header) + "\n" + _MAINTENANCE_BODY
@@ -493,7 +560,12 @@ def _heredoc(content: str, target: str) -> list[str]:
 
 
 def maintenance_install(spec: MaintenanceSpec, gc_schedule: str, backup_schedule: str) -> str:
-    """Check the schedules, write the script and units, enable the timers; a disabled timer is removed."""
+    """Check the schedules, write the script and units, enable the timers; a disabled timer is removed.
+
+    With S3 storage there is no backup timer: the data is not on this host (the store backs it up).
+    """
+    if spec.storage.s3:
+        backup_schedule = ""
     files = maintenance_files(spec, gc_schedule, backup_schedule)
     lines = [
         "set -eu",
@@ -522,7 +594,9 @@ def maintenance_install(spec: MaintenanceSpec, gc_schedule: str, backup_schedule
             lines.append(f"if [ -e {q(timer)} ]; then systemctl disable --now {q(unit + '.timer')} || true; rm -f {q(timer)}; fi")
     lines += ["systemctl daemon-reload", f"systemctl enable {q(RECOVER_UNIT + '.service')}"]
     for unit, action, schedule in ((GC_UNIT, "gc", gc_schedule), (BACKUP_UNIT, "backup", backup_schedule)):
-        if schedule:
+        if action == "backup" and spec.storage.s3:
+            lines.append(f"echo {q(f'{unit}.timer is not installed: with S3 storage the store backs the data up (versioning, replication)')}")
+        elif schedule:
             lines.append(f"systemctl enable {q(unit + '.timer')}")
             # restart: a changed OnCalendar takes effect now, not at the next boot.
             lines.append(f"systemctl restart {q(unit + '.timer')}")

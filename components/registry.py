@@ -1,4 +1,5 @@
-"""The Distribution registry container: host networking, listening on 127.0.0.1 only, storing into the host's data directory."""
+"""The Distribution registry container(s): host networking, listening on 127.0.0.1 only, storing into the host's data
+directory or an S3-compatible bucket."""
 
 from __future__ import annotations
 
@@ -25,34 +26,74 @@ class RegistryArgs:
     """Port the registry listens on, on the server's 127.0.0.1 (Caddy's upstream)."""
     http_secret: pulumi.Input[str]
     """Stable REGISTRY_HTTP_SECRET (secret)."""
+    distribution: int = 2
+    """Distribution's major version the image runs."""
+    replicas: int = 1
+    """How many containers share the storage; 1 is the single container `registry`."""
+    storage: render.StorageSpec = render.StorageSpec()
+    """The data directory or an S3-compatible bucket."""
+    s3_access_key: pulumi.Input[str] = ""
+    """S3 access key id (secret; S3 storage only)."""
+    s3_secret_key: pulumi.Input[str] = ""
+    """S3 secret key (secret; S3 storage only)."""
     after: Sequence[pulumi.Resource] = ()
     """The Caddy site step: the container is swapped only once a site that holds pulls across the swap is live."""
 
 
-def upstream_address(port: int) -> str:
-    """Where Caddy reaches the registry."""
-    return f"127.0.0.1:{port}"
+def upstream_address(port: int, replicas: int = 1) -> str:
+    """Where Caddy reaches the registry: each replica's 127.0.0.1 address, separated by spaces."""
+    return " ".join(f"127.0.0.1:{p}" for p in scripts.replica_ports(port, replicas))
 
 
 class RegistryContainer(pulumi.ComponentResource):
-    """Owns the `registry` container and its env file; the data directory belongs to the host and outlives it."""
+    """Owns the `registry` container (with several replicas also `registry-2`, ...) and their env file; the data
+    directory belongs to the host and a bucket to its store: both outlive it."""
 
     upstream: pulumi.Output[str]
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        create = args.host.data_dir.apply(
-            lambda data_dir: scripts.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE)
+        ca_file = args.storage.ca_file if args.storage.s3 else None
+        if args.replicas == 1:
+            create = args.host.data_dir.apply(
+                lambda data_dir: scripts.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE, ca_file)
+            )
+        else:
+            create = args.host.data_dir.apply(
+                lambda data_dir: scripts.registry_run_replicas(
+                    CONTAINER, args.image, args.port, args.replicas, data_dir, ENV_FILE, ca_file
+                )
+            )
+        # The env file (storage settings, the HTTP secret and the S3 credential) arrives on stdin only.
+        env_file: pulumi.Output[str] = pulumi.Output.all(args.http_secret, args.s3_access_key, args.s3_secret_key).apply(
+            lambda v: render.render_registry_env(
+                str(v[0]), storage=args.storage, distribution=args.distribution, s3_access_key=str(v[1] or ""),
+                s3_secret_key=str(v[2] or ""),
+            )
         )
-        container = args.host.run(
-            f"{name}-container",
-            create=create,
-            delete=scripts.registry_remove(CONTAINER),
-            stdin=pulumi.Output.from_input(args.http_secret).apply(render.render_registry_env),
+        if args.replicas == 1:
             # A new image or setting replaces the container; removing the old one first frees its name and port.
-            triggers=[args.image, args.port],
-            parent=self,
-            opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
-        )
-        self.upstream = container.create.apply(lambda _: upstream_address(args.port))
+            container = args.host.run(
+                f"{name}-container",
+                create=create,
+                delete=scripts.registry_remove(CONTAINER),
+                stdin=pulumi.Output.secret(env_file),
+                triggers=[args.image, args.port],
+                parent=self,
+                opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
+            )
+        else:
+            # Several replicas: a new image, env file or count is an update, which recreates them one at a time
+            # (no moment without a replica); only a new port replaces them all.
+            container = args.host.run(
+                f"{name}-container",
+                create=create,
+                update=create,
+                delete=scripts.registry_remove_replicas(CONTAINER),
+                stdin=pulumi.Output.secret(env_file),
+                triggers=[args.port],
+                parent=self,
+                opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
+            )
+        self.upstream = container.create.apply(lambda _: upstream_address(args.port, args.replicas))
         self.register_outputs({"upstream": self.upstream})

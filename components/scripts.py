@@ -12,6 +12,9 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+from components.config import MAX_REPLICAS
+from components.render import S3_CA_IN_CONTAINER
+
 q = shlex.quote
 
 HOST_TOOLS = Path(__file__).parent / "host_tools"
@@ -59,9 +62,10 @@ def preflight(
     domain: str,
     caddyfile: str,
     registries_file: str | None,
+    replicas: int = 1,
 ) -> str:
     """Fail with one readable line per problem before anything is changed; say what a hand-made setup hands over;
-    warn about what it leaves alone."""
+    warn about what it leaves alone. With several replicas each one's port is checked against its container."""
     lines = [
         "problems=''; takes=''",
         "fail() { problems=\"${problems}preflight: $1\n\"; }",
@@ -110,7 +114,7 @@ def preflight(
     lines += [
         "holders=$(ss -Hltnp 'sport = :80 or sport = :443' 2>/dev/null | grep 'users:((' | grep -v 'users:((\"caddy\"' || true)",
         "[ -z \"$holders\" ] || fail \"ports 80/443 are held by something other than Caddy: $holders\"",
-        *_registry_port_checks(registry_port, container),
+        *_registry_port_checks(registry_port, container, replicas),
         "if [ -n \"$problems\" ]; then printf '%s' \"$problems\" >&2; exit 1; fi",
         "printf '%s' \"$takes\"",
         "echo 'preflight: ok'",
@@ -125,13 +129,38 @@ _PUBLISHED = (
 )
 
 
-def _registry_port_checks(port: int, container: str) -> list[str]:
+def _registry_port_checks(port: int, container: str, replicas: int = 1) -> list[str]:
     """The registry's loopback port is free or our container's; every other published container port is named.
 
     A port published with `-p` goes through docker-proxy and Docker's DOCKER chain, which accepts forwarded
     traffic to the container's own address on that port from any neighbour routing to the bridge: those are
     warnings (the program never changes another container), not failures.
     """
+    holder_checks: list[str] = []
+    for name, replica_port in zip(replica_names(container, replicas), replica_ports(port, replicas), strict=True):
+        holder_checks += _port_holder_check(replica_port, name)
+    ours = ""
+    if replicas > 1:
+        ours = "    case \"$cname\" in " + "|".join(q(n) for n in replica_names(container, replicas)[1:]) + ") continue ;; esac"
+    return [
+        *holder_checks,
+        *([f"name={q(container)}"] if replicas > 1 else []),
+        "if [ \"$docker_up\" = 1 ]; then",
+        "  # shellcheck disable=SC2016 # a Go template for docker inspect, not shell expansions",
+        f"  docker ps -aq | xargs -r docker inspect -f {q(_PUBLISHED)} 2>/dev/null | while IFS='|' read -r cname all ports; do",
+        "    cname=${cname#/}",
+        "    [ \"$cname\" != \"$name\" ] || continue",
+        *([ours] if ours else []),
+        "    [ \"$all\" != true ] || ports=\"${ports}every exposed port (-P) \"",
+        "    [ -n \"$ports\" ] || continue",
+        "    warn \"container $cname publishes ${ports% }: Docker also accepts traffic forwarded from other hosts to its container address on those ports, whatever host address they are bound to (left unchanged; see the README, Network exposure)\"",
+        "  done",
+        "fi",
+    ]
+
+
+def _port_holder_check(port: int, container: str) -> list[str]:
+    """This port is free on the server, or held by this (replica's) container."""
     return [
         f"port={port}; name={q(container)}",
         "holders=$(ss -Hltnp \"sport = :$port\" 2>/dev/null || true)",
@@ -151,16 +180,6 @@ def _registry_port_checks(port: int, container: str) -> list[str]:
         "  holders=$foreign",
         "fi",
         "[ -z \"$holders\" ] || fail \"port $port (the registry's, on 127.0.0.1) is held by something other than the $name container: ${holders%; }\"",
-        "if [ \"$docker_up\" = 1 ]; then",
-        "  # shellcheck disable=SC2016 # a Go template for docker inspect, not shell expansions",
-        f"  docker ps -aq | xargs -r docker inspect -f {q(_PUBLISHED)} 2>/dev/null | while IFS='|' read -r cname all ports; do",
-        "    cname=${cname#/}",
-        "    [ \"$cname\" != \"$name\" ] || continue",
-        "    [ \"$all\" != true ] || ports=\"${ports}every exposed port (-P) \"",
-        "    [ -n \"$ports\" ] || continue",
-        "    warn \"container $cname publishes ${ports% }: Docker also accepts traffic forwarded from other hosts to its container address on those ports, whatever host address they are bound to (left unchanged; see the README, Network exposure)\"",
-        "  done",
-        "fi",
     ]
 
 
@@ -203,25 +222,34 @@ def registry_listen_env(port: int) -> dict[str, str]:
 
 
 def registry_docker_run(
-    name: str, image: str, port: int, data_dir: str, env_file: str, env: Mapping[str, str] | None = None
+    name: str,
+    image: str,
+    port: int,
+    data_dir: str,
+    env_file: str,
+    env: Mapping[str, str] | None = None,
+    ca_file: str | None = None,
 ) -> str:
     """The one `docker run` line for the registry container; `env` adds settings (the maintenance window's).
 
     Host networking with the registry bound to 127.0.0.1: no docker-proxy, no container address and no DOCKER-chain
     ACCEPT rule, so nothing but the server itself can reach it, whatever Docker's version or firewall defaults.
+    The data directory is mounted with S3 storage too (empty then): the image's VOLUME would otherwise leave an
+    anonymous volume behind at every replacement. `ca_file` (a private S3 endpoint's CA) is mounted read-only.
     """
     listen = registry_listen_env(port)
     if set(listen) & set(env or {}):
         raise ValueError(f"the registry's listen settings are fixed: {sorted(set(listen) & set(env or {}))}")
     settings = {**listen, **(env or {})}
     extra = "".join(f"-e {q(f'{key}={value}')} " for key, value in settings.items())
+    ca = f"-v {q(f'{ca_file}:{S3_CA_IN_CONTAINER}:ro')} " if ca_file else ""
     return (
         f"docker run -d --name {q(name)} --label {q(MANAGED_LABEL + '=pulumi')} --restart unless-stopped --network host "
-        f"-v {q(f'{data_dir}:/var/lib/registry')} --env-file {q(env_file)} {extra}{q(image)}"
+        f"-v {q(f'{data_dir}:/var/lib/registry')} {ca}--env-file {q(env_file)} {extra}{q(image)}"
     )
 
 
-def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str) -> str:
+def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str, ca_file: str | None = None) -> str:
     """Write the env file from stdin (0600), then (re)create the container and wait for /v2/."""
     return _script(
         "umask 077",
@@ -233,7 +261,8 @@ def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str)
         "flock -w 900 9 || { echo 'a registry maintenance window (GC, backup or restore) still runs after 15 minutes; retry later' >&2; exit 1; }",
         f"docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true",
         f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
-        f"{registry_docker_run(name, image, port, data_dir, env_file, DRAIN_ENV)} >/dev/null",
+        *([f"[ -f {q(ca_file)} ] || {{ echo 's3CaFile {ca_file} does not exist on the server' >&2; exit 1; }}"] if ca_file else []),
+        f"{registry_docker_run(name, image, port, data_dir, env_file, DRAIN_ENV, ca_file)} >/dev/null",
         "i=0",
         f"until curl -fsS -o /dev/null {q(f'http://127.0.0.1:{port}/v2/')}; do",
         "  i=$((i + 1))",
@@ -247,6 +276,75 @@ def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str)
 def registry_remove(name: str) -> str:
     """Remove the container only; the data directory stays."""
     return _script(f"docker rm -f {q(name)} >/dev/null 2>&1 || true")
+
+
+REPLICA_SETTLE_SECONDS = 3
+"""After a replica answers again, before the next one stops: Caddy's active health check (every second) sees it."""
+
+
+def replica_names(container: str, replicas: int) -> list[str]:
+    """The replicas' container names: `registry` (as with one replica), then `registry-2`, `registry-3`, ..."""
+    return [container, *(f"{container}-{i}" for i in range(2, replicas + 1))]
+
+
+def replica_ports(port: int, replicas: int) -> list[int]:
+    """Where each replica listens on 127.0.0.1: port, port + 1, ..."""
+    return [port + i for i in range(replicas)]
+
+
+def _wait_answers(name: str, port: int, seconds: int = 30) -> list[str]:
+    return [
+        "i=0",
+        f"until curl -fsS -o /dev/null {q(f'http://127.0.0.1:{port}/v2/')}; do",
+        "  i=$((i + 1))",
+        f"  if [ \"$i\" -ge {seconds * 2} ]; then echo 'registry {name} did not answer on 127.0.0.1:{port}/v2/ within {seconds} s' >&2; docker logs --tail 20 {q(name)} >&2; exit 1; fi",
+        "  sleep 0.5",
+        "done",
+    ]
+
+
+def registry_run_replicas(
+    container: str, image: str, port: int, replicas: int, data_dir: str, env_file: str, ca_file: str | None = None
+) -> str:
+    """Several replicas: write the env file from stdin (0600), then recreate them one at a time.
+
+    Each replica is stopped (it drains its requests), recreated and waits until it answers before the next one
+    stops, so Caddy always has a replica to send a pull to (a request refused by a stopping one is retried on
+    another). Replicas beyond `replicas` (a scale-down) go last.
+    """
+    lines = [
+        "umask 077",
+        f"install -d -m 0700 {q(posixpath.dirname(env_file))}",
+        f"cat > {q(env_file + '.new')}",
+        f"mv {q(env_file + '.new')} {q(env_file)}",
+        f"exec 9>{q(MAINTENANCE_LOCK)}",
+        "flock -w 900 9 || { echo 'a registry maintenance window (GC, backup or restore) still runs after 15 minutes; retry later' >&2; exit 1; }",
+    ]
+    if ca_file:
+        lines.append(f"[ -f {q(ca_file)} ] || {{ echo 's3CaFile {ca_file} does not exist on the server' >&2; exit 1; }}")
+    names, ports = replica_names(container, replicas), replica_ports(port, replicas)
+    for index, (name, replica_port) in enumerate(zip(names, ports, strict=True)):
+        if index:
+            lines.append(f"sleep {REPLICA_SETTLE_SECONDS}")
+        lines += [
+            f"docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true",
+            f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
+            f"{registry_docker_run(name, image, replica_port, data_dir, env_file, DRAIN_ENV, ca_file)} >/dev/null",
+            *_wait_answers(name, replica_port),
+            f"echo {q(f'{name}: 127.0.0.1:{replica_port}')}",
+        ]
+    for name in replica_names(container, MAX_REPLICAS)[replicas:]:
+        lines.append(
+            f"if docker inspect {q(name)} >/dev/null 2>&1; then docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true; "
+            f"docker rm -f {q(name)} >/dev/null; echo {q(f'{name}: removed (fewer replicas)')}; fi"
+        )
+    return _script(*lines)
+
+
+def registry_remove_replicas(container: str) -> str:
+    """Remove every replica container there may be; the data stays."""
+    names = " ".join(q(n) for n in replica_names(container, MAX_REPLICAS))
+    return _script(f"for name in {names}; do docker rm -f \"$name\" >/dev/null 2>&1 || true; done")
 
 
 def caddy_site_install(caddyfile: str, site_file: str, domain: str) -> str:

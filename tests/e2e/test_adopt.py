@@ -275,7 +275,7 @@ def adoption(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> It
             e2e_apply.down(a.state_dir, console=lambda _line: None)
         # Leave the host as the other modules expect it: no hand-made leftovers.
         c.sh(f"rm -f {REGISTRIES_YAML} {CADDYFILE}.*.bak; cat > {CADDYFILE}; systemctl reload caddy", stdin=stock_caddyfile)
-        c.sh("docker rm -f registry >/dev/null 2>&1 || true; systemctl restart k3s")
+        c.sh(f"docker rm -f registry >/dev/null 2>&1 || true; rm -rf {DATA_DIR}/docker; systemctl restart k3s")
         c.pebble_tls_port(443)
 
 

@@ -46,6 +46,12 @@ SUITE = "bookworm"
 BASE_INCLUDE = "systemd,systemd-sysv,openssh-server,ca-certificates,curl,iproute2,sudo"
 # Tags the registry stand-in gets inside the host (the real image is 2.8.x).
 REGISTRY_TAGS = ("registry:2", "registry:2.8")
+# The registry:3 stand-in, built from the Go module pinned in image/registry3/go.mod.
+REGISTRY3_TAGS = ("registry:3", "registry:3.1")
+REGISTRY3_PACKAGE = "github.com/distribution/distribution/v3/cmd/registry"
+REGISTRY3_MODULE = "github.com/distribution/distribution/v3"
+# The S3-compatible server of the test host: SeaweedFS's `weed`, pinned in image/s3/go.mod.
+S3_PACKAGE = "github.com/seaweedfs/seaweedfs/weed"
 
 DEFAULT_NAME = "regtest-host"
 DEV_NAME = "regtest-dev"
@@ -237,6 +243,8 @@ class Images:
     base: str
     packages: str
     registry: str
+    registry3: str
+    s3: str
     host: str
 
 
@@ -245,11 +253,17 @@ def image_tags() -> Images:
     base = hashlib.sha256(f"{RECIPE_VERSION}\0{SUITE}\0{BASE_INCLUDE}".encode()).hexdigest()
     pkgs = hashlib.sha256(f"{base}\0{_file_sha256(IMAGE_DIR / 'host' / 'packages.sh')}".encode()).hexdigest()
     registry = _tree_digest(IMAGE_DIR / "registry", pkgs)
-    host = _tree_digest(IMAGE_DIR / "host", pkgs, registry, _file_sha256(caddy_binary()), *REGISTRY_TAGS)
+    registry3 = _tree_digest(IMAGE_DIR / "registry3", pkgs, REGISTRY3_PACKAGE)
+    s3 = _tree_digest(IMAGE_DIR / "s3", S3_PACKAGE)
+    host = _tree_digest(
+        IMAGE_DIR / "host", pkgs, registry, registry3, s3, _file_sha256(caddy_binary()), *REGISTRY_TAGS, *REGISTRY3_TAGS
+    )
     return Images(
         base=f"regtest-hostbase:{base[:12]}",
         packages=f"regtest-hostpkgs:{pkgs[:12]}",
         registry=f"regtest-registry:{registry[:12]}",
+        registry3=f"regtest-registry3:{registry3[:12]}",
+        s3=f"regtest-s3:{s3[:12]}",
         host=f"regtest-host:{host[:12]}",
     )
 
@@ -272,7 +286,7 @@ def build_images(force: bool = False) -> Images:
     """Build whatever image of the chain is not cached yet; return the tags."""
     ensure_docker()
     tags = image_tags()
-    if not force and image_exists(tags.host) and image_exists(tags.registry):
+    if not force and all(image_exists(t) for t in (tags.host, tags.registry, tags.registry3, tags.s3)):
         return tags
     with _build_lock():
         t0 = time.monotonic()
@@ -282,8 +296,12 @@ def build_images(force: bool = False) -> Images:
             _build_packages(tags.base, tags.packages)
         if force or not image_exists(tags.registry):
             _build_registry(tags.packages, tags.registry)
+        if force or not image_exists(tags.registry3):
+            _build_registry3(tags.packages, tags.registry3)
+        if force or not image_exists(tags.s3):
+            _build_s3(tags.s3)
         if force or not image_exists(tags.host):
-            _build_host(tags.packages, tags.registry, tags.host)
+            _build_host(tags, tags.host)
         log(f"images ready in {time.monotonic() - t0:.0f}s: {tags.host}, {tags.registry}")
     return tags
 
@@ -395,6 +413,95 @@ def _build_registry(packages: str, tag: str) -> None:
     docker("run", "--rm", "--entrypoint", "/bin/registry", tag, "--version")
 
 
+def go_build(recipe: Path, package: str, out: Path, config_from: str | None = None) -> float:
+    """`go build` PACKAGE (static, CGO off) in a throw-away module made of RECIPE's go.mod and go.sum; seconds taken.
+
+    Only those two files are ours: the source comes through the Go module proxy into the module cache. With
+    `config_from` (a module path), that module's cmd/registry/config-dev.yml is copied beside the binary too.
+    """
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not os.access(go, os.X_OK):
+        raise TestHostError("the Go toolchain is not installed (needed to build the registry:3 and S3 stand-ins)")
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    if not env.get("HOME") and not env.get("XDG_CACHE_HOME"):  # go needs somewhere for its caches
+        env.setdefault("GOCACHE", str(REPO_DIR / ".e2e" / "go" / "cache"))
+        env.setdefault("GOPATH", str(REPO_DIR / ".e2e" / "go"))
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="regtest-go-") as tmp:
+        for name in ("go.mod", "go.sum"):
+            shutil.copy(recipe / name, Path(tmp) / name)
+        proc = subprocess.run(
+            [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(out), package],
+            cwd=tmp, env=env, capture_output=True, timeout=3000, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise TestHostError(f"go build {package} failed:\n{_text(proc.stderr)[-3000:]}")
+        if config_from:
+            listed = subprocess.run(
+                [go, "list", "-m", "-f", "{{.Dir}}", config_from], cwd=tmp, env=env, capture_output=True, timeout=300,
+                check=True,
+            )  # fmt: skip
+            shutil.copy(Path(_text(listed.stdout).strip()) / "cmd" / "registry" / "config-dev.yml", out.parent / "config.yml")
+    seconds = time.monotonic() - t0
+    log(f"go build {package}: {seconds:.0f}s")
+    return seconds
+
+
+def _build_registry3(packages: str, tag: str) -> None:
+    """registry:3 stand-in: the registry binary built from Distribution 3's module, in a busybox root."""
+    log(f"registry:3 stand-in -> {tag}")
+    recipe = IMAGE_DIR / "registry3"
+    with tempfile.TemporaryDirectory(prefix="regtest-registry3-") as build, tempfile.TemporaryFile() as rootfs:
+        go_build(recipe, REGISTRY3_PACKAGE, Path(build) / "registry", config_from=REGISTRY3_MODULE)
+        proc = subprocess.run(
+            ["docker", "run", "--rm", "-v", f"{recipe}:/recipe:ro", "-v", f"{build}:/build:ro", "--entrypoint", "bash",
+             packages, "/recipe/build-rootfs.sh"],
+            stdout=rootfs, stderr=subprocess.PIPE, timeout=600, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise TestHostError(f"image/registry3/build-rootfs.sh failed:\n{_text(proc.stderr)[-3000:]}")
+        rootfs.seek(0)
+        # As the official image: ENTRYPOINT registry, CMD serve /etc/distribution/config.yml, no tracing export.
+        imp = subprocess.run(
+            ["docker", "import",
+             "-c", 'ENTRYPOINT ["registry"]', "-c", 'CMD ["serve", "/etc/distribution/config.yml"]',
+             "-c", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "-c", "ENV OTEL_TRACES_EXPORTER=none",
+             "-c", "EXPOSE 5000", "-c", 'VOLUME ["/var/lib/registry"]', "-", tag],
+            stdin=rootfs, capture_output=True, timeout=600, check=False,
+        )  # fmt: skip
+        if imp.returncode != 0:
+            raise TestHostError(f"docker import of the registry:3 stand-in failed: {_text(imp.stderr)}")
+    docker("run", "--rm", "--entrypoint", "/bin/registry", tag, "--version")
+
+
+def _build_s3(tag: str) -> None:
+    """The S3 server binary (SeaweedFS `weed`), built from its Go module and kept as a one-file image."""
+    log(f"S3 server (SeaweedFS) -> {tag}")
+    with tempfile.TemporaryDirectory(prefix="regtest-s3-") as build:
+        binary = Path(build) / "weed"
+        go_build(IMAGE_DIR / "s3", S3_PACKAGE, binary)
+        tar_path = Path(build) / "weed.tar"
+        with tarfile.open(tar_path, mode="w") as tar:
+            _add_file(tar, binary, "weed", 0o755)
+        with tar_path.open("rb") as f:
+            imp = subprocess.run(["docker", "import", "-", tag], stdin=f, capture_output=True, timeout=600, check=False)
+        if imp.returncode != 0:
+            raise TestHostError(f"docker import of the S3 server failed: {_text(imp.stderr)}")
+
+
+def _extract_s3_binary(tag: str, out: Path) -> None:
+    name = f"regtest-extract-{tag.split(':')[1]}"
+    docker("rm", "-f", name, check=False)
+    docker("create", "--name", name, tag, "/weed")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            docker("cp", f"{name}:/weed", tmp)
+            shutil.move(str(Path(tmp) / "weed"), out)
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
 def _add_file(tar: tarfile.TarFile, src: Path, arcname: str, mode: int) -> None:
     """Add src to tar as arcname, owned by root, with mode."""
     info = tar.gettarinfo(str(src), arcname=arcname)
@@ -408,27 +515,32 @@ def _add_file(tar: tarfile.TarFile, src: Path, arcname: str, mode: int) -> None:
         tar.addfile(info)
 
 
-def _write_overlay_tar(out: Path, registry: str) -> None:
-    """image/host/rootfs, /usr/bin/caddy and the saved registry image as one root-owned tar."""
+def _write_overlay_tar(out: Path, images: Images) -> None:
+    """image/host/rootfs, /usr/bin/caddy, the S3 server and the saved registry images as one root-owned tar."""
     root = IMAGE_DIR / "host" / "rootfs"
-    seed = out.parent / "registry.tar"
-    run(["docker", "save", "-o", str(seed), registry], timeout=600)
-    tags = out.parent / "registry.tags"
-    tags.write_text("".join(f"{t}\n" for t in REGISTRY_TAGS))
+    weed = out.parent / "weed"
+    _extract_s3_binary(images.s3, weed)
     with tarfile.open(out, mode="w") as tar:
         for path in sorted(root.rglob("*")):
             mode = 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644
             _add_file(tar, path, str(path.relative_to(root)), mode)
         _add_file(tar, caddy_binary(), "usr/bin/caddy", 0o755)
-        _add_file(tar, seed, "usr/share/regtest/images/registry.tar", 0o644)
-        _add_file(tar, tags, "usr/share/regtest/images/registry.tags", 0o644)
+        _add_file(tar, weed, "usr/local/bin/weed", 0o755)
+        for seed_name, image, seed_tags in (("registry", images.registry, REGISTRY_TAGS),
+                                            ("registry3", images.registry3, REGISTRY3_TAGS)):  # fmt: skip
+            seed = out.parent / f"{seed_name}.tar"
+            run(["docker", "save", "-o", str(seed), image], timeout=600)
+            tags = out.parent / f"{seed_name}.tags"
+            tags.write_text("".join(f"{t}\n" for t in seed_tags))
+            _add_file(tar, seed, f"usr/share/regtest/images/{seed_name}.tar", 0o644)
+            _add_file(tar, tags, f"usr/share/regtest/images/{seed_name}.tags", 0o644)
 
 
-def _copy_overlay(name: str, registry: str) -> None:
+def _copy_overlay(name: str, images: Images) -> None:
     """Unpack the overlay tar at / in the build container (existing directories keep their modes)."""
     with tempfile.TemporaryDirectory(prefix="regtest-overlay-") as tmp:
         overlay = Path(tmp) / "overlay.tar"
-        _write_overlay_tar(overlay, registry)
+        _write_overlay_tar(overlay, images)
         with overlay.open("rb") as f:
             proc = subprocess.run(
                 ["docker", "exec", "-i", name, "tar", "-C", "/", "--no-overwrite-dir", "-x"],
@@ -441,13 +553,13 @@ def _copy_overlay(name: str, registry: str) -> None:
         raise TestHostError(f"copying the overlay into {name} failed: {_text(proc.stderr)}")
 
 
-def _build_host(packages: str, registry: str, tag: str) -> None:
-    """Stage 3: overlay files, Caddy, Pebble certs, k3s stand-in, registry:2 seed; commit."""
+def _build_host(images: Images, tag: str) -> None:
+    """Stage 3: overlay files, Caddy, Pebble certs, k3s stand-in, S3 server, registry:2 and :3 seeds; commit."""
     name = f"regtest-build-{tag.split(':')[1]}"
     log(f"stage 3: host ({_check_caddy_version(caddy_binary())}) -> {tag}")
     try:
-        _boot_build_container(packages, name)
-        _copy_overlay(name, registry)
+        _boot_build_container(images.packages, name)
+        _copy_overlay(name, images)
         _exec_script(name, IMAGE_DIR / "host" / "setup.sh")
         cleanup = (
             "rm -rf /var/lib/k3s-standin/starts.log /var/lib/pebble/roots /var/lib/caddy/.local"
@@ -463,7 +575,10 @@ def _build_host(packages: str, registry: str, tag: str) -> None:
 
 def _check_committed(tag: str) -> None:
     """The registry seed and Caddy must be in the committed image."""
-    files = ("/usr/share/regtest/images/registry.tar", "/usr/bin/caddy", "/usr/local/bin/k3s")
+    files = (
+        "/usr/share/regtest/images/registry.tar", "/usr/share/regtest/images/registry3.tar", "/usr/bin/caddy",
+        "/usr/local/bin/k3s", "/usr/local/bin/weed",
+    )  # fmt: skip
     res = run(["docker", "run", "--rm", "--entrypoint", "ls", tag, *files], check=False, timeout=120)
     if res.returncode != 0:
         raise TestHostError(f"{tag} lacks files it was built with: {res.stderr.strip()}")
@@ -472,9 +587,9 @@ def _check_committed(tag: str) -> None:
 def prune_images(keep: Images | None = None) -> list[str]:
     """Remove regtest-* images other than the current ones; return what was removed."""
     keep = keep or image_tags()
-    current = {keep.base, keep.packages, keep.registry, keep.host}
+    current = {keep.base, keep.packages, keep.registry, keep.registry3, keep.s3, keep.host}
     removed = []
-    for repo in ("regtest-host", "regtest-hostpkgs", "regtest-hostbase", "regtest-registry"):
+    for repo in ("regtest-host", "regtest-hostpkgs", "regtest-hostbase", "regtest-registry", "regtest-registry3", "regtest-s3"):
         for tag in docker("images", "--format", "{{.Repository}}:{{.Tag}}", repo).split():
             if tag not in current and run(["docker", "rmi", tag], check=False).returncode == 0:
                 removed.append(tag)

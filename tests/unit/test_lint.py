@@ -23,6 +23,11 @@ VARIANTS = {
         "acmeCaRoot": "/etc/caddy/test-ca.pem", "retention": "true",
     },
     "ubuntu, no k3s or flux": {**TYPICAL, "k3sTrust": "false", "flux": "false"},
+    "ubuntu, registry:3, S3 with a private CA, 3 replicas": {
+        **TYPICAL, "registryImage": "registry:3", "registryReplicas": "3", "storage": "s3",
+        "s3Endpoint": "https://s3.example.com", "s3Bucket": "registry", "s3AccessKey": "AKIALINT",
+        "s3SecretKey": "lint-only", "s3CaFile": "/etc/ssl/s3-ca.pem",
+    },
 }
 
 

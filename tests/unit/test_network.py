@@ -86,6 +86,29 @@ def test_every_docker_run_the_program_sends_is_the_registry_line(programs: Progr
     assert f"port={port}; name=registry" in scripts["host-preflight.create"]
 
 
+def test_every_replica_the_program_runs_is_bound_to_loopback_on_its_own_port(programs: Programs) -> None:
+    config = {
+        **TYPICAL, "registryReplicas": "3", "storage": "s3", "s3Endpoint": "https://s3.example.com", "s3Bucket": "reg",
+        "s3AccessKey": "AKIANET", "s3SecretKey": "net-test-only", "s3CaFile": "/etc/ssl/s3-ca.pem",
+    }  # fmt: skip
+    scripts = sent_scripts(programs.ok(config))
+    lines = [(where, line) for where, text in scripts.items() for line in text.splitlines() if LAUNCH.search(line)]
+    assert {where for where, _ in lines} == {"registry-container.create", "registry-container.update", "maintenance-install.create"}
+    ports = {"registry": 5000, "registry-2": 5001, "registry-3": 5002}
+    seen: dict[str, list[str]] = {}
+    for where, line in lines:
+        for segment in line.split("docker run ")[1:]:  # the maintenance launchers hold one run per replica
+            argv = shlex.split("docker run " + segment.split(" ;;")[0].split("; }")[0].removesuffix(" >/dev/null"))
+            name = argv[argv.index("--name") + 1]
+            env = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
+            assert argv[argv.index("--network") + 1] == "host", (where, name)
+            assert env[:2] == [f"REGISTRY_HTTP_ADDR=127.0.0.1:{ports[name]}", "REGISTRY_HTTP_DEBUG_ADDR="], (where, name)
+            assert not {"-p", "--publish", "-P", "--publish-all"} & set(argv), (where, name)
+            seen.setdefault(where, []).append(name)
+    assert seen["registry-container.create"] == list(ports) == seen["registry-container.update"]
+    assert seen["maintenance-install.create"] == [*ports, *ports]  # read-write and read-only
+
+
 # --- preflight: the registry's port, and every other published container ---------------------------------------
 
 
