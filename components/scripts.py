@@ -249,16 +249,23 @@ def registry_docker_run(
     )
 
 
-def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str, ca_file: str | None = None) -> str:
-    """Write the env file from stdin (0600), then (re)create the container and wait for /v2/."""
-    return _script(
+def _env_file_then_lock(env_file: str) -> list[str]:
+    """Write the env file from stdin (0600), then take the maintenance lock: never swap a container under a GC or
+    backup window (wait for it to end)."""
+    return [
         "umask 077",
         f"install -d -m 0700 {q(posixpath.dirname(env_file))}",
         f"cat > {q(env_file + '.new')}",
         f"mv {q(env_file + '.new')} {q(env_file)}",
-        # Never swap the container under a GC or backup window: wait for it to end.
         f"exec 9>{q(MAINTENANCE_LOCK)}",
         "flock -w 900 9 || { echo 'a registry maintenance window (GC, backup or restore) still runs after 15 minutes; retry later' >&2; exit 1; }",
+    ]
+
+
+def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str, ca_file: str | None = None) -> str:
+    """Write the env file from stdin (0600), then (re)create the container and wait for /v2/."""
+    return _script(
+        *_env_file_then_lock(env_file),
         f"docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true",
         f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
         *([f"[ -f {q(ca_file)} ] || {{ echo 's3CaFile {ca_file} does not exist on the server' >&2; exit 1; }}"] if ca_file else []),
@@ -312,14 +319,7 @@ def registry_run_replicas(
     stops, so Caddy always has a replica to send a pull to (a request refused by a stopping one is retried on
     another). Replicas beyond `replicas` (a scale-down) go last.
     """
-    lines = [
-        "umask 077",
-        f"install -d -m 0700 {q(posixpath.dirname(env_file))}",
-        f"cat > {q(env_file + '.new')}",
-        f"mv {q(env_file + '.new')} {q(env_file)}",
-        f"exec 9>{q(MAINTENANCE_LOCK)}",
-        "flock -w 900 9 || { echo 'a registry maintenance window (GC, backup or restore) still runs after 15 minutes; retry later' >&2; exit 1; }",
-    ]
+    lines = _env_file_then_lock(env_file)
     if ca_file:
         lines.append(f"[ -f {q(ca_file)} ] || {{ echo 's3CaFile {ca_file} does not exist on the server' >&2; exit 1; }}")
     names, ports = replica_names(container, replicas), replica_ports(port, replicas)
