@@ -281,8 +281,12 @@ def registry_run(name: str, image: str, port: int, data_dir: str, env_file: str,
 
 
 def registry_remove(name: str) -> str:
-    """Remove the container only; the data directory stays."""
-    return _script(f"docker rm -f {q(name)} >/dev/null 2>&1 || true")
+    """Stop the container (it drains requests in flight, a long blob download included), then remove it; the data
+    directory stays."""
+    return _script(
+        f"docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true",
+        f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
+    )
 
 
 REPLICA_SETTLE_SECONDS = 3
@@ -344,7 +348,11 @@ def registry_run_replicas(
 def registry_remove_replicas(container: str) -> str:
     """Remove every replica container there may be; the data stays."""
     names = " ".join(q(n) for n in replica_names(container, MAX_REPLICAS))
-    return _script(f"for name in {names}; do docker rm -f \"$name\" >/dev/null 2>&1 || true; done")
+    # Each is stopped first, so it drains requests in flight (a blob download cut mid-stream cannot be retried).
+    return _script(
+        f"for name in {names}; do docker stop -t {STOP_TIMEOUT} \"$name\" >/dev/null 2>&1 || true; "
+        "docker rm -f \"$name\" >/dev/null 2>&1 || true; done"
+    )
 
 
 def caddy_site_install(caddyfile: str, site_file: str, domain: str) -> str:
