@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from components import ops_render
 from tests.e2e import apply as e2e_apply
 from tests.e2e.testhost import TestHost
 
@@ -44,6 +45,12 @@ class Clients:
 
     def sh(self, cmd: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.host.exec(cmd, input=stdin.encode() if stdin is not None else None, check=check)
+
+    def maintenance(self, args: str, timeout: float) -> str:
+        """registry-maintenance as the operator runs it (sudo, through SSH); fails the test if it fails."""
+        result = self.host.ssh(f"sudo -n {ops_render.MAINTENANCE_SCRIPT} {args}", check=False, timeout=timeout)
+        assert result.returncode == 0, f"registry-maintenance {args} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout + result.stderr
 
     def trust_pebble(self) -> None:
         """Save Pebble's roots for skopeo/curl and for k3s (registryCaFile); rerun after a host reboot."""

@@ -64,10 +64,7 @@ class Ops:
         return self.clients.sh(cmd, stdin=stdin, check=check).stdout
 
     def maintenance(self, args: str) -> str:
-        """registry-maintenance as the operator runs it (sudo, through SSH)."""
-        result = self.host.ssh(f"sudo -n {ops_render.MAINTENANCE_SCRIPT} {args}", check=False, timeout=300)
-        assert result.returncode == 0, f"registry-maintenance {args} failed:\n{result.stdout}\n{result.stderr}"
-        return result.stdout + result.stderr
+        return self.clients.maintenance(args, timeout=300)
 
     def push_authfile(self) -> str:
         return self.clients.authfile("ops-push", self.exports["dockerConfigJson"])

@@ -102,9 +102,7 @@ class Stack:
         return self.clients.sh(cmd, stdin=stdin, check=check).stdout
 
     def maintenance(self, args: str) -> str:
-        result = self.host.ssh(f"sudo -n {ops_render.MAINTENANCE_SCRIPT} {args}", check=False, timeout=600)
-        assert result.returncode == 0, f"registry-maintenance {args} failed:\n{result.stdout}\n{result.stderr}"
-        return result.stdout + result.stderr
+        return self.clients.maintenance(args, timeout=600)
 
     def push_authfile(self) -> str:
         return self.clients.authfile(f"storage-push-{self.variant.id}", self.exports["dockerConfigJson"])
