@@ -9,7 +9,7 @@ import pulumi
 import pulumi_command as command
 
 from components import render, scripts
-from components.host import Host
+from components.host import Host, public_digest
 
 TYPE = "registry:index:CaddySite"
 
@@ -105,7 +105,7 @@ class CaddySite(pulumi.ComponentResource):
             stdin=pulumi.Output.secret(
                 pulumi.Output.all(handover_site, self._settled_site).apply(lambda v: scripts.handover_stdin(v[0], v[1]))
             ),
-            triggers=[pulumi.Output.secret(generation)],
+            triggers=[pulumi.Output.unsecret(generation)],  # a digest, never secret: see host.public_digest
             parent=self,
         )
         # The site file and import line belong to `{name}-file` (it removes them); this step never deletes.
@@ -146,5 +146,5 @@ class CaddySite(pulumi.ComponentResource):
             parent=self,
             opts=pulumi.ResourceOptions(depends_on=[self.handover, *after]),
         )
-        self.content_sha256 = install.stdin.apply(lambda s: render.sha256(s or ""))
+        self.content_sha256 = public_digest(install.stdin)
         self.register_outputs({"content_sha256": self.content_sha256})

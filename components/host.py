@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
-from components import scripts
+from components import render, scripts
 
 TYPE = "registry:index:Host"
 
@@ -128,3 +128,12 @@ class Host(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions.merge(options, opts),
         )
+
+
+def public_digest(text: pulumi.Input[str | None]) -> pulumi.Output[str]:
+    """sha256 of a (secret) text, as a plain value for `triggers`.
+
+    A digest of text holding a generated password (or of bcrypt hashes) reveals neither. A secret inside `triggers`
+    breaks the command provider whenever it is unknown, which is every preview of a new stack: the SDK sends
+    secret(unknown) and the provider fails with `triggers[0]: malformed secret: missing value`."""
+    return pulumi.Output.unsecret(pulumi.Output.from_input(text).apply(lambda t: render.sha256(t or "")))

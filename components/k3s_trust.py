@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components import render, scripts
-from components.host import Host
+from components.host import Host, public_digest
 
 TYPE = "registry:index:K3sTrust"
 
@@ -55,7 +55,7 @@ class K3sTrust(pulumi.ComponentResource):
         )
         # Triggered by the digest of the program's own entries (known in preview, the same on every host); the
         # script restarts k3s only if the write step left a restart pending, i.e. the merged file really changed.
-        self.content_sha256 = pulumi.Output.secret(written.stdin.apply(lambda s: render.sha256(s or "")))
+        self.content_sha256 = public_digest(written.stdin)
         args.host.run(
             f"{name}-restart",
             create=scripts.k3s_restart(args.service),

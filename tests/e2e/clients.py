@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 from components import ops_render
-from tests.e2e import apply as e2e_apply
 from tests.e2e.testhost import TestHost
 
 WORK = "/root/e2e"
@@ -74,6 +73,10 @@ class Clients:
 
     def journal(self, unit: str, since: int) -> str:
         return self.sh(f"journalctl -u {q(unit)} -o cat --no-pager --since @{since}").stdout
+
+    def ssh_logins(self, since: int) -> int:
+        """SSH logins sshd accepted since the host time `since` (every pulumi-command step opens one)."""
+        return self.journal("ssh", since).count("Accepted publickey")
 
     def authfile(self, name: str, config_json: str) -> str:
         """Write a Docker config.json (from stdin) as a 0600 file; returns its path."""
@@ -223,7 +226,7 @@ def stack_config(host: TestHost, **overrides: str) -> dict[str, str]:
     return {
         "host": host.ssh_host,
         "sshUser": host.user,
-        **e2e_apply.host_config(host),
+        **host.engine_settings(),
         "domain": host.domain,
         "acmeCaUrl": host.acme_ca_url,
         "acmeCaRoot": host.acme_ca_root,

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from .engine import Engine, EngineError
 from .testhost import HostCommandError, TestHost, TestHostError, ensure_docker, start_host
 
 HOST_NAME = os.environ.get("REGTEST_HOST_NAME", "regtest-e2e")
@@ -27,3 +28,13 @@ def testhost() -> Iterator[TestHost]:
             print(f"\nKEEP_TESTHOST=1: keeping {host.name} (ssh -p {host.ssh_port} ubuntu@127.0.0.1)")
         else:
             host.remove()
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """The real Pulumi engine (scripts/toolchain.sh build, or an installed CLI) with a PULUMI_HOME and a file://
+    backend of this session's."""
+    try:
+        return Engine(tmp_path_factory.mktemp("pulumi"))
+    except EngineError as exc:
+        pytest.fail(str(exc), pytrace=False)

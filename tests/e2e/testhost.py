@@ -752,6 +752,10 @@ class TestHost:
         """PEM of the CA of Pebble's own HTTPS listener (what acmeCaRoot points to)."""
         return self.exec(f"cat {PEBBLE_LISTENER_CA}").stdout
 
+    def engine_settings(self) -> dict[str, str]:
+        """What only the running host knows: its SSH port, the login key (set as a secret) and the host key to pin."""
+        return {"sshPort": str(self.ssh_port), "sshPrivateKey": self.private_key, "sshHostKey": self.host_key()}
+
     def pulumi_config(self) -> dict[str, str]:
         """Stack config values that point the program at this host."""
         return {
@@ -878,9 +882,9 @@ def _describe(host: TestHost) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """python -m tests.e2e.testhost build|up|down|status|ssh-config|prune"""
+    """python -m tests.e2e.testhost build|up|down|status|ssh-config|ssh-args|prune"""
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.testhost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["build", "up", "down", "status", "ssh-config", "prune"])
+    parser.add_argument("command", choices=["build", "up", "down", "status", "ssh-config", "ssh-args", "prune"])
     parser.add_argument("--name", default=DEV_NAME, help=f"container name (default {DEV_NAME})")
     parser.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"registry domain (default {DEFAULT_DOMAIN})")
     parser.add_argument("--force", action="store_true", help="build: rebuild every stage; up: replace a running host")
@@ -908,6 +912,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{args.name} is not running: python -m tests.e2e.testhost up", file=sys.stderr)
                 return 1
             print(host.ssh_config())
+        elif args.command == "ssh-args":
+            host = attach_host(args.name)
+            if host is None:
+                print(f"{args.name} is not running: bash scripts/dev.sh up", file=sys.stderr)
+                return 1
+            print("\n".join(host.ssh_args()))
         elif args.command == "prune":
             print("\n".join(prune_images()) or "nothing to remove")
     except (TestHostError, HostCommandError) as exc:

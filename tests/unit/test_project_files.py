@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,44 @@ def test_requirements_pin_the_provider_sdks_at_the_versions_the_toolchain_builds
     assert {"command", "random", "kubernetes", "pulumi"} <= set(pins), pins
     for provider in ("command", "random", "kubernetes"):
         assert requirements[f"pulumi-{provider}"] == pins[provider], provider
+
+
+def _verify(sources: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REGTEST_PULUMI_SOURCES": str(sources)}
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "toolchain.sh"), "verify"], env=env, capture_output=True, text=True, check=False
+    )
+
+
+def _fake_sources(tmp_path: Path) -> Path:
+    """A sources folder whose archives carry the pinned digests' names but not their bytes."""
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    sums = []
+    for line in (ROOT / "scripts" / "toolchain.sh").read_text().splitlines():
+        words = line.strip().strip('"').split()
+        if len(words) == 2 and len(words[0]) == 64 and words[1].endswith(".tar.gz"):
+            (sources / words[1]).write_bytes(b"not the archive")
+            sums.append(f"{words[0]}  {words[1]}")
+    (sources / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    assert len(sums) == 5, sums
+    return sources
+
+
+def test_toolchain_refuses_an_altered_archive_naming_it(tmp_path: Path) -> None:
+    proc = _verify(_fake_sources(tmp_path))
+    assert proc.returncode != 0
+    assert "altered archive" in proc.stderr and "pulumi-language-python-v3.259.0.tar.gz" in proc.stderr, proc.stderr
+
+
+def test_toolchain_refuses_a_missing_archive_naming_it(tmp_path: Path) -> None:
+    sources = _fake_sources(tmp_path)
+    (sources / "pulumi-language-python-v3.259.0.tar.gz").unlink()
+    proc = _verify(sources)
+    assert proc.returncode != 0
+    assert "missing archive" in proc.stderr and "pulumi-language-python-v3.259.0.tar.gz" in proc.stderr, proc.stderr
+
+
+def test_toolchain_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> None:
+    proc = _verify(tmp_path / "nowhere")
+    assert proc.returncode != 0 and "REGTEST_PULUMI_SOURCES" in proc.stderr, proc.stderr
