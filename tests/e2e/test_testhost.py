@@ -9,8 +9,9 @@ import ssl
 
 import paramiko
 import pytest
+from paramiko.common import cMSG_CHANNEL_REQUEST
+from paramiko.message import Message
 
-from .replay import env_request
 from .testhost import ACME_CA_URL, PEBBLE_LISTENER_CA, REQUIRED_UNITS, TestHost
 
 pytestmark = pytest.mark.e2e
@@ -29,10 +30,24 @@ def _connect(host: TestHost) -> paramiko.SSHClient:
 
 
 def _env_request_accepted(transport: paramiko.Transport, name: str, value: str) -> bool:
-    """Send an `env` request with want-reply (as Go's ssh Setenv does); True if sshd accepts it."""
+    """Send an `env` request with want-reply (as Go's ssh Setenv does, which pulumi-command uses); True if sshd
+    accepts it. paramiko's set_environment_variable sends want_reply=False and so never learns of a refusal."""
     channel = transport.open_session()
     try:
-        return env_request(channel, name, value)
+        message = Message()
+        message.add_byte(cMSG_CHANNEL_REQUEST)
+        message.add_int(channel.remote_chanid)
+        message.add_string("env")
+        message.add_boolean(True)
+        message.add_string(name)
+        message.add_string(value)
+        channel._event_pending()  # paramiko has no public request-with-reply API
+        channel.transport._send_user_message(message)
+        try:
+            channel._wait_for_event()
+        except paramiko.SSHException:
+            return False
+        return True
     finally:
         channel.close()
 

@@ -1,4 +1,5 @@
-"""Operations as code: the deploy check, the maintenance script and its units, their settings and their place in the graph."""
+"""Operations as code: the deploy check, the maintenance script and its units, their settings and their place in the
+graph (under Pulumi's mocks, not the engine)."""
 
 from __future__ import annotations
 

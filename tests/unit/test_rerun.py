@@ -1,4 +1,5 @@
-"""What a second run changes: nothing with the same config, exactly the credential consumers after a rotation."""
+"""What a second run changes under Pulumi's mocks (not the engine): nothing with the same config, exactly the
+credential consumers after a rotation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tag retention: which tags stay, what gets deleted, the settings, and its place in the GC window."""
+"""Tag retention: which tags stay, what gets deleted, the settings, and its place in the GC window (graph under
+Pulumi's mocks)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Distribution 3 as an image choice, S3-compatible storage: settings, the env file, the container, maintenance."""
+"""Distribution 3 as an image choice, S3-compatible storage: settings, the env file, the container, maintenance
+(graph parts under Pulumi's mocks, not the engine)."""
 
 from __future__ import annotations
 
