@@ -3,11 +3,13 @@
 The host is a Docker container booting systemd (Debian bookworm) with sshd, its
 own Docker engine (holding a ``registry:2`` stand-in), Caddy installed like
 Caddy's Debian package, Pebble (a real ACME server) on loopback and a k3s
-stand-in. Only loopback ports of this machine are published.
+stand-in. Only loopback ports of this machine are published. What only some tests
+need (the ``registry:3`` stand-in, the S3 server) is not in the host image:
+``ensure_extras`` installs it into a running host.
 
 Images are built from the recipe under ``image/`` and cached by a hash of it::
 
-    python -m tests.e2e.testhost build | up | down | status | ssh-config | prune
+    python -m tests.e2e.testhost build [--dev] | up | down | status | ssh-config | prune
 
 Needs root, ``docker`` answering (``tests/e2e/start-dockerd.sh``), debootstrap,
 ssh and ssh-keygen on this machine.
@@ -52,6 +54,10 @@ REGISTRY3_PACKAGE = "github.com/distribution/distribution/v3/cmd/registry"
 REGISTRY3_MODULE = "github.com/distribution/distribution/v3"
 # The S3-compatible server of the test host: SeaweedFS's `weed`, pinned in image/s3/go.mod.
 S3_PACKAGE = "github.com/seaweedfs/seaweedfs/weed"
+# What ensure_extras unpacks at / of a running host beside `weed` (rootfs/), and runs there (install.sh).
+S3_EXTRAS_DIR = IMAGE_DIR / "extras" / "s3"
+# On a host that got the S3 server: the digest of what it got (ensure_extras installs again when it differs).
+S3_EXTRAS_MARKER = "/var/lib/regtest-extras/s3"
 
 DEFAULT_NAME = "regtest-host"
 DEV_NAME = "regtest-dev"
@@ -238,7 +244,11 @@ def _tree_digest(root: Path, *extra: str) -> str:
 
 @dataclass(frozen=True)
 class Images:
-    """Tags of the cached images; each tag ends in 12 hex digits of its recipe hash."""
+    """Tags of the cached images; each tag ends in 12 hex digits of its recipe hash.
+
+    The host chain is base -> packages -> registry -> host (what a host boots from); registry3 (built on packages)
+    and s3 (on nothing) are the extras, installed into a running host by ensure_extras.
+    """
 
     base: str
     packages: str
@@ -255,9 +265,7 @@ def image_tags() -> Images:
     registry = _tree_digest(IMAGE_DIR / "registry", pkgs)
     registry3 = _tree_digest(IMAGE_DIR / "registry3", pkgs, REGISTRY3_PACKAGE)
     s3 = _tree_digest(IMAGE_DIR / "s3", S3_PACKAGE)
-    host = _tree_digest(
-        IMAGE_DIR / "host", pkgs, registry, registry3, s3, _file_sha256(caddy_binary()), *REGISTRY_TAGS, *REGISTRY3_TAGS
-    )
+    host = _tree_digest(IMAGE_DIR / "host", pkgs, registry, _file_sha256(caddy_binary()), *REGISTRY_TAGS)
     return Images(
         base=f"regtest-hostbase:{base[:12]}",
         packages=f"regtest-hostpkgs:{pkgs[:12]}",
@@ -282,27 +290,33 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_images(force: bool = False) -> Images:
-    """Build whatever image of the chain is not cached yet; return the tags."""
+def build_images(force: bool = False, host: bool = True, registry3: bool = True, s3: bool = True) -> Images:
+    """Build whatever image of the chain is not cached yet; return the tags.
+
+    host: the host chain (base, packages, registry, host); registry3, s3: those extras (registry3 needs base and
+    packages too). Only what is asked for is built; force rebuilds all of that.
+    """
     ensure_docker()
     tags = image_tags()
-    if not force and all(image_exists(t) for t in (tags.host, tags.registry, tags.registry3, tags.s3)):
+    wanted = [t for t, on in ((tags.host, host), (tags.registry, host), (tags.registry3, registry3), (tags.s3, s3)) if on]
+    if not force and all(image_exists(t) for t in wanted):
         return tags
     with _build_lock():
         t0 = time.monotonic()
-        if force or not image_exists(tags.base):
-            _build_base(tags.base)
-        if force or not image_exists(tags.packages):
-            _build_packages(tags.base, tags.packages)
-        if force or not image_exists(tags.registry):
+        if host or registry3:
+            if force or not image_exists(tags.base):
+                _build_base(tags.base)
+            if force or not image_exists(tags.packages):
+                _build_packages(tags.base, tags.packages)
+        if host and (force or not image_exists(tags.registry)):
             _build_registry(tags.packages, tags.registry)
-        if force or not image_exists(tags.registry3):
+        if registry3 and (force or not image_exists(tags.registry3)):
             _build_registry3(tags.packages, tags.registry3)
-        if force or not image_exists(tags.s3):
+        if s3 and (force or not image_exists(tags.s3)):
             _build_s3(tags.s3)
-        if force or not image_exists(tags.host):
+        if host and (force or not image_exists(tags.host)):
             _build_host(tags, tags.host)
-        log(f"images ready in {time.monotonic() - t0:.0f}s: {tags.host}, {tags.registry}")
+        log(f"images ready in {time.monotonic() - t0:.0f}s: {', '.join(wanted)}")
     return tags
 
 
@@ -515,46 +529,50 @@ def _add_file(tar: tarfile.TarFile, src: Path, arcname: str, mode: int) -> None:
         tar.addfile(info)
 
 
+def _add_tree(tar: tarfile.TarFile, root: Path) -> None:
+    """Add the files and folders below root, root-owned; executables and folders 0755, the rest 0644."""
+    for path in sorted(root.rglob("*")):
+        mode = 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644
+        _add_file(tar, path, str(path.relative_to(root)), mode)
+
+
 def _write_overlay_tar(out: Path, images: Images) -> None:
-    """image/host/rootfs, /usr/bin/caddy, the S3 server and the saved registry images as one root-owned tar."""
-    root = IMAGE_DIR / "host" / "rootfs"
-    weed = out.parent / "weed"
-    _extract_s3_binary(images.s3, weed)
+    """image/host/rootfs, /usr/bin/caddy and the saved registry:2 image as one root-owned tar."""
     with tarfile.open(out, mode="w") as tar:
-        for path in sorted(root.rglob("*")):
-            mode = 0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644
-            _add_file(tar, path, str(path.relative_to(root)), mode)
+        _add_tree(tar, IMAGE_DIR / "host" / "rootfs")
         _add_file(tar, caddy_binary(), "usr/bin/caddy", 0o755)
-        _add_file(tar, weed, "usr/local/bin/weed", 0o755)
-        for seed_name, image, seed_tags in (("registry", images.registry, REGISTRY_TAGS),
-                                            ("registry3", images.registry3, REGISTRY3_TAGS)):  # fmt: skip
-            seed = out.parent / f"{seed_name}.tar"
-            run(["docker", "save", "-o", str(seed), image], timeout=600)
-            tags = out.parent / f"{seed_name}.tags"
-            tags.write_text("".join(f"{t}\n" for t in seed_tags))
-            _add_file(tar, seed, f"usr/share/regtest/images/{seed_name}.tar", 0o644)
-            _add_file(tar, tags, f"usr/share/regtest/images/{seed_name}.tags", 0o644)
+        seed = out.parent / "registry.tar"
+        run(["docker", "save", "-o", str(seed), images.registry], timeout=600)
+        tags = out.parent / "registry.tags"
+        tags.write_text("".join(f"{t}\n" for t in REGISTRY_TAGS))
+        _add_file(tar, seed, "usr/share/regtest/images/registry.tar", 0o644)
+        _add_file(tar, tags, "usr/share/regtest/images/registry.tags", 0o644)
+
+
+def _unpack_at_root(name: str, tar_path: Path) -> None:
+    """Unpack a tar at / in a running container (existing directories keep their modes)."""
+    with tar_path.open("rb") as f:
+        proc = subprocess.run(
+            ["docker", "exec", "-i", name, "tar", "-C", "/", "--no-overwrite-dir", "-x"],
+            stdin=f,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise TestHostError(f"unpacking {tar_path.name} into {name} failed: {_text(proc.stderr)}")
 
 
 def _copy_overlay(name: str, images: Images) -> None:
-    """Unpack the overlay tar at / in the build container (existing directories keep their modes)."""
+    """Unpack the overlay tar at / in the build container."""
     with tempfile.TemporaryDirectory(prefix="regtest-overlay-") as tmp:
         overlay = Path(tmp) / "overlay.tar"
         _write_overlay_tar(overlay, images)
-        with overlay.open("rb") as f:
-            proc = subprocess.run(
-                ["docker", "exec", "-i", name, "tar", "-C", "/", "--no-overwrite-dir", "-x"],
-                stdin=f,
-                capture_output=True,
-                timeout=600,
-                check=False,
-            )
-    if proc.returncode != 0:
-        raise TestHostError(f"copying the overlay into {name} failed: {_text(proc.stderr)}")
+        _unpack_at_root(name, overlay)
 
 
 def _build_host(images: Images, tag: str) -> None:
-    """Stage 3: overlay files, Caddy, Pebble certs, k3s stand-in, S3 server, registry:2 and :3 seeds; commit."""
+    """Stage 3: overlay files, Caddy, Pebble certs, k3s stand-in, registry:2 seed; commit."""
     name = f"regtest-build-{tag.split(':')[1]}"
     log(f"stage 3: host ({_check_caddy_version(caddy_binary())}) -> {tag}")
     try:
@@ -573,19 +591,27 @@ def _build_host(images: Images, tag: str) -> None:
         docker("rm", "-f", "-v", name, check=False)
 
 
+# Only ensure_extras puts these into a host: the host image must not have them.
+EXTRAS_FILES = (
+    "/usr/share/regtest/images/registry3.tar", "/usr/local/bin/weed", "/etc/systemd/system/regtest-s3.service",
+    "/etc/regtest-s3",
+)  # fmt: skip
+
+
 def _check_committed(tag: str) -> None:
-    """The registry seed and Caddy must be in the committed image."""
-    files = (
-        "/usr/share/regtest/images/registry.tar", "/usr/share/regtest/images/registry3.tar", "/usr/bin/caddy",
-        "/usr/local/bin/k3s", "/usr/local/bin/weed",
-    )  # fmt: skip
+    """The registry seed and Caddy must be in the committed image, and none of the extras."""
+    files = ("/usr/share/regtest/images/registry.tar", "/usr/bin/caddy", "/usr/local/bin/k3s")
     res = run(["docker", "run", "--rm", "--entrypoint", "ls", tag, *files], check=False, timeout=120)
     if res.returncode != 0:
         raise TestHostError(f"{tag} lacks files it was built with: {res.stderr.strip()}")
+    script = 'for f in "$@"; do [ ! -e "$f" ] || echo "$f"; done'
+    found = docker("run", "--rm", "--entrypoint", "sh", tag, "-c", script, "sh", *EXTRAS_FILES, timeout=120)
+    if found:
+        raise TestHostError(f"{tag} has what only ensure_extras should install: {' '.join(found.split())}")
 
 
 def prune_images(keep: Images | None = None) -> list[str]:
-    """Remove regtest-* images other than the current ones; return what was removed."""
+    """Remove regtest-* images other than the current ones (host chain and extras); return what was removed."""
     keep = keep or image_tags()
     current = {keep.base, keep.packages, keep.registry, keep.registry3, keep.s3, keep.host}
     removed = []
@@ -809,7 +835,7 @@ def start_host(
 
     The host can only reach itself and its containers unless allow_egress (regtest-egress-guard).
     """
-    image = image or build_images().host
+    image = image or build_images(registry3=False, s3=False).host
     key = ensure_keypair(key_dir or default_key_dir(name))
     docker("rm", "-f", "-v", name, check=False)
     t0 = time.monotonic()
@@ -863,6 +889,63 @@ def attach_host(name: str) -> TestHost | None:
     return host
 
 
+def ensure_extras(host: TestHost, *, registry3: bool = False, s3: bool = False) -> None:
+    """Give a running host what only some tests need (none of it is in the host image); idempotent.
+
+    registry3: the registry:3 stand-in, loaded into the host's Docker engine and tagged REGISTRY3_TAGS. s3: the S3
+    server, SeaweedFS's `weed` at /usr/local/bin with regtest-s3.service (not started: tests start it) and its
+    root-only credentials (image/extras/s3). Builds the stage images first if they are not cached (build_images).
+    """
+    if not (registry3 or s3):
+        return
+    tags = build_images(host=False, registry3=registry3, s3=s3)
+    if registry3:
+        _load_registry3(host, tags.registry3)
+    if s3:
+        _install_s3(host, tags.s3)
+
+
+def _load_registry3(host: TestHost, image: str) -> None:
+    """docker load the registry:3 stand-in into the host's engine (as regtest-seed-images does) unless it has it."""
+    want = docker("image", "inspect", "-f", "{{.Id}}", image)
+    have = host.exec(f"docker image inspect -f '{{{{.Id}}}}' {' '.join(REGISTRY3_TAGS)}", check=False).stdout.split()
+    if have == [want] * len(REGISTRY3_TAGS):
+        return
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="regtest-registry3-") as tmp:
+        seed = Path(tmp) / "registry3.tar"
+        run(["docker", "save", "-o", str(seed), image], timeout=600)
+        with seed.open("rb") as f:
+            proc = subprocess.run(
+                ["docker", "exec", "-i", host.name, "docker", "load"], stdin=f, capture_output=True, timeout=600,
+                check=False,
+            )  # fmt: skip
+    if proc.returncode != 0:
+        raise TestHostError(f"{host.name}: docker load of {image} failed: {_text(proc.stderr)}")
+    host.exec(" && ".join([*(f"docker tag {image} {t}" for t in REGISTRY3_TAGS), f"docker rmi {image} >/dev/null"]))
+    log(f"{host.name}: {' '.join(REGISTRY3_TAGS)} loaded from {image} in {time.monotonic() - t0:.1f}s")
+
+
+def _install_s3(host: TestHost, image: str) -> None:
+    """Unpack `weed` and image/extras/s3/rootfs at / of the host, run install.sh, unless it has them already."""
+    digest = _tree_digest(S3_EXTRAS_DIR, image)
+    installed = host.exec(f"test -x /usr/local/bin/weed && cat {S3_EXTRAS_MARKER}", check=False).stdout.strip()
+    if installed == digest:
+        return
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="regtest-s3-") as tmp:
+        weed, payload = Path(tmp) / "weed", Path(tmp) / "s3.tar"
+        _extract_s3_binary(image, weed)
+        with tarfile.open(payload, mode="w") as tar:
+            _add_tree(tar, S3_EXTRAS_DIR / "rootfs")
+            _add_file(tar, weed, "usr/local/bin/weed", 0o755)
+        _unpack_at_root(host.name, payload)
+    _exec_script(host.name, S3_EXTRAS_DIR / "install.sh")
+    marker = Path(S3_EXTRAS_MARKER)
+    host.exec(f"rm -f /tmp/install.sh && install -d -m 0755 {marker.parent} && cat > {marker}", input=digest.encode())
+    log(f"{host.name}: S3 server installed from {image} in {time.monotonic() - t0:.1f}s")
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -888,11 +971,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=DEV_NAME, help=f"container name (default {DEV_NAME})")
     parser.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"registry domain (default {DEFAULT_DOMAIN})")
     parser.add_argument("--force", action="store_true", help="build: rebuild every stage; up: replace a running host")
+    parser.add_argument(
+        "--dev", action="store_true",
+        help="build: only the host chain (what `up` boots), not the registry:3 and S3 images some tests install",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             t0 = time.monotonic()
-            tags = build_images(force=args.force)
+            tags = build_images(force=args.force, registry3=not args.dev, s3=not args.dev)
             print(f"{tags.host}\n{tags.registry}\nbuild_images took {time.monotonic() - t0:.1f}s")
         elif args.command == "up":
             host = None if args.force else attach_host(args.name)

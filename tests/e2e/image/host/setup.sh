@@ -10,15 +10,9 @@ chmod 0440 /etc/sudoers.d/90-cloud-init-users
 chmod 0644 /etc/caddy/Caddyfile /usr/share/caddy/index.html \
   /etc/systemd/system/caddy.service /etc/systemd/system/pebble.service \
   /etc/systemd/system/k3s.service /etc/systemd/system/regtest-seed-images.service \
-  /etc/systemd/system/regtest-egress-guard.service /etc/systemd/system/regtest-s3.service \
+  /etc/systemd/system/regtest-egress-guard.service \
   /etc/systemd/system/ssh.service.d/*.conf \
   /etc/pebble/pebble-config.json
-
-# --- the S3 server (SeaweedFS, started by the tests that use it): its credentials are root-only ---
-chmod 0755 /usr/local/bin/weed
-chmod 0700 /etc/regtest-s3
-chmod 0600 /etc/regtest-s3/s3.json
-/usr/local/bin/weed version | head -n 1
 
 # --- the `ubuntu` login user: key only (no password), passwordless sudo ---
 if ! id ubuntu >/dev/null 2>&1; then
