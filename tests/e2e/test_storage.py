@@ -6,8 +6,9 @@ artifactType) pushed and found through the referrers tag schema; GC in a read-on
 itself refuses writes and that reclaims a deleted image's space (in the data directory, or in the bucket); backups
 (an archive, or with S3 nothing: the store's job); destroy keeps the data.
 
-The S3 server is SeaweedFS (`weed mini`, built from its Go module with the test host image) on the host's
-127.0.0.1:8333; the registry containers reach it on loopback (host networking).
+The S3 server is SeaweedFS (`weed mini`, built from its Go module) on the host's 127.0.0.1:8333; the registry
+containers reach it on loopback (host networking). Neither it nor the registry:3 stand-in is in the host image:
+each variant's fixture installs what it uses (testhost.ensure_extras).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from components import ops_render, render
 from tests.e2e import apply as e2e_apply
 from tests.e2e import replay
 from tests.e2e.clients import CERT_DIR, Clients, ProcessSampler, stack_config
-from tests.e2e.testhost import TestHost
+from tests.e2e.testhost import TestHost, ensure_extras
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +41,7 @@ ENV_FILE = "/etc/registry/registry.env"
 PORT = 5000
 S3_ENDPOINT = "http://127.0.0.1:8333"
 S3_BUCKET = "registry-e2e"
-# The test server's credential (tests/e2e/image/host/rootfs/etc/regtest-s3/s3.json, root-only on the host).
+# The test server's credential (tests/e2e/image/extras/s3/rootfs/etc/regtest-s3/s3.json, root-only on the host).
 S3_ACCESS_KEY = "regtest-registry"
 S3_SECRET_KEY = "regtest-s3-secret-not-for-production"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -203,6 +204,7 @@ def variant_config(host: TestHost, variant: Variant) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: v.id)
 def stack(request: pytest.FixtureRequest, testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     variant: Variant = request.param
+    ensure_extras(testhost, registry3=variant.image == "registry:3", s3=variant.storage == "s3")
     clients = Clients(testhost)
     clients.trust_pebble()
     if variant.storage == "s3":
