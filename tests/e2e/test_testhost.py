@@ -12,7 +12,16 @@ import pytest
 from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.message import Message
 
-from .testhost import ACME_CA_URL, PEBBLE_LISTENER_CA, REQUIRED_UNITS, TestHost
+from .testhost import (
+    ACME_CA_URL,
+    EXTRAS_FILES,
+    PEBBLE_LISTENER_CA,
+    REGISTRY3_TAGS,
+    REQUIRED_UNITS,
+    TestHost,
+    docker,
+    ensure_extras,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -118,6 +127,35 @@ def test_inner_docker_runs_registry_stand_in(testhost: TestHost) -> None:
         assert "2.8" in testhost.exec("docker run --rm registry:2 --version").stdout
     finally:
         testhost.exec(f"docker rm -f {cid}", check=False)
+
+
+def test_host_image_has_no_extras(testhost: TestHost) -> None:
+    # The image the host booted (other tests may have installed the extras into the running host since).
+    script = 'for f in "$@"; do [ ! -e "$f" ] || echo "$f"; done'
+    assert docker("run", "--rm", "--entrypoint", "sh", testhost.image, "-c", script, "sh", *EXTRAS_FILES) == ""
+    seeds = docker("run", "--rm", "--entrypoint", "ls", testhost.image, "/usr/share/regtest/images").split()
+    assert sorted(seeds) == ["registry.tags", "registry.tar"]
+
+
+def test_ensure_extras_loads_registry_3_and_installs_the_s3_server(testhost: TestHost) -> None:
+    ensure_extras(testhost, registry3=True, s3=True)
+    ensure_extras(testhost, registry3=True, s3=True)  # idempotent: nothing to do the second time
+    ids = testhost.exec(f"docker image inspect -f '{{{{.Id}}}}' {' '.join(REGISTRY3_TAGS)}").stdout.split()
+    assert len(ids) == len(REGISTRY3_TAGS) and len(set(ids)) == 1
+    assert " v3." in testhost.exec("docker run --rm --entrypoint registry registry:3 --version").stdout
+    assert "regtest-registry3" not in testhost.exec("docker images --format '{{.Repository}}'").stdout
+    assert testhost.exec("stat -c %a /etc/regtest-s3 /etc/regtest-s3/s3.json").stdout.split() == ["700", "600"]
+    # Installed, not started at boot: tests start it.
+    assert testhost.exec("systemctl is-enabled regtest-s3", check=False).stdout.strip() == "disabled"
+    testhost.exec("systemctl start regtest-s3")
+    try:
+        code = testhost.exec(
+            "for i in $(seq 120); do c=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8333/registry-e2e/); "
+            '[ "$c" = 403 ] && break; sleep 1; done; echo "$c"'
+        ).stdout.strip()
+        assert code == "403"  # anonymous: the bucket exists, access denied
+    finally:
+        testhost.exec("systemctl stop regtest-s3", check=False)
 
 
 def test_caddy_installed_like_the_package(testhost: TestHost) -> None:
