@@ -33,14 +33,14 @@ class EngineStack:
 
     def apply(self, hook: Hook | None = None, **changes: Any) -> Run:
         """`pulumi config set` each change, then `pulumi up`."""
-        self.set(**changes)
+        self.configure(**changes)
         run = self.stack.up(hook=hook)
         self.history.append(run)
         if run.ok:
             self.exports = self.stack.outputs()
         return run
 
-    def set(self, **changes: Any) -> None:
+    def configure(self, **changes: Any) -> None:
         if changes:
             self.config.update(changes)
             self.stack.configure(changes)
