@@ -73,6 +73,12 @@ def remember(old: Mapping[str, Any] | None, current: Mapping[str, str], now: int
     return {"current": current, "previous": previous, "rotated_at": now}
 
 
+def known_hashes(current: Any) -> bool:
+    """Whether `current` is a mapping of role -> hash with every value known (the engine hands a dynamic provider an
+    unknown value, not a string, for what a preview cannot know yet)."""
+    return isinstance(current, Mapping) and all(isinstance(current.get(role, ""), str) for role in ROLES)
+
+
 class _GenerationsProvider(pulumi.dynamic.ResourceProvider):
     """Keeps the previous generation of bcrypt hashes in state (a RandomPassword forgets it when replaced)."""
 
@@ -80,7 +86,11 @@ class _GenerationsProvider(pulumi.dynamic.ResourceProvider):
         return pulumi.dynamic.CreateResult("credential-generations", remember(None, props["current"], int(time.time())))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
-        changed = remember(None, olds.get("current") or {}, 0)["current"] != remember(None, news["current"], 0)["current"]
+        new = news.get("current")
+        if not known_hashes(new):
+            # The preview of a rotation: the new hashes are not known until their passwords are generated.
+            return pulumi.dynamic.DiffResult(changes=True, replaces=[], delete_before_replace=False)
+        changed = remember(None, olds.get("current") or {}, 0)["current"] != remember(None, new, 0)["current"]
         return pulumi.dynamic.DiffResult(changes=changed, replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:

@@ -164,6 +164,8 @@ class Execution:
     started: int = 0
     ended: int = 0
     """Positions of the step's start and end in the run's event stream: the engine's own order of events."""
+    seconds: float = 0.0
+    """Wall time between the two events as this process received them (for context, not for ordering)."""
 
 
 Hook = Callable[[str, str, str], None]
@@ -206,7 +208,8 @@ class _Recorder:
         self.run, self.hook = run, hook
         self.lock = threading.Lock()
         self.seq = 0
-        self.started: dict[tuple[str, str], int] = {}
+        self.first_event: float | None = None
+        self.started: dict[tuple[str, str], tuple[int, float]] = {}
 
     def output(self, line: str) -> None:
         with self.lock:
@@ -215,10 +218,12 @@ class _Recorder:
     def event(self, ev: auto.EngineEvent) -> None:
         with self.lock:
             self.seq += 1
+            if self.first_event is None:
+                self.first_event = time.monotonic()
         if ev.resource_pre_event is not None:
             md = ev.resource_pre_event.metadata
             self._op(md)
-            self.started[(md.urn, md.op.value)] = self.seq
+            self.started[(md.urn, md.op.value)] = (self.seq, time.monotonic())
             if self.hook:
                 self.hook("before", resource_name(md.urn), md.op.value)
         elif ev.res_outputs_event is not None:
@@ -241,13 +246,16 @@ class _Recorder:
         if phase is None or md.type != "command:remote:Command":
             return
         state = md.new if phase != "delete" else md.old
+        if phase == "delete" and not ((state.inputs if state else None) or {}).get("delete"):
+            return  # a command without a delete script: the provider runs nothing on the host
         outputs = (state.outputs if state else None) or {}
         stdout = outputs.get("stdout")
+        started, at = self.started.get((md.urn, md.op.value), (self.seq, time.monotonic()))
         with self.lock:
             self.run.executions.append(
                 Execution(
                     resource_name(md.urn), phase, ok, stdout if isinstance(stdout, str) else None,
-                    started=self.started.get((md.urn, md.op.value), self.seq), ended=self.seq,
+                    started=started, ended=self.seq, seconds=time.monotonic() - at,
                 )
             )
 
@@ -365,9 +373,9 @@ class Stack:
         for name, entry in self.resources(show_secrets=True).items():
             if entry.get("type") == "random:index/randomPassword:RandomPassword":
                 outputs = entry.get("outputs") or {}
-                found[f"{name} password"] = outputs["result"]
+                found[f"{name} password"] = plain(outputs["result"])
                 if outputs.get("bcryptHash"):
-                    found[f"{name} hash"] = outputs["bcryptHash"]
+                    found[f"{name} hash"] = plain(outputs["bcryptHash"])
         return found
 
     def remove(self) -> None:
@@ -376,6 +384,16 @@ class Stack:
         stack_file = self.project_dir / f"Pulumi.{self.name}.yaml"
         if stack_file.exists():
             stack_file.unlink()
+
+
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def plain(value: Any) -> Any:
+    """A value of `pulumi stack export --show-secrets`: a secret is {sig: secret, plaintext: JSON}; unwrap it."""
+    if isinstance(value, dict) and value.get("4dabf18193072939515e22adb298388d") == SECRET_SIG:
+        return json.loads(value["plaintext"]) if "plaintext" in value else value
+    return value
 
 
 def cleanup(path: Path) -> None:

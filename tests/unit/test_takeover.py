@@ -300,3 +300,18 @@ def test_the_notice_is_in_every_preview_and_not_in_an_update(programs: Programs)
     notice = scripts.takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", "/etc/rancher/k3s/registries.yaml")
     assert f"info: {notice}" in programs.ok(TYPICAL, preview=True).logs
     assert not [line for line in programs.ok(TYPICAL).logs if "takes over" in line]
+
+
+def test_generations_diff_of_a_rotation_preview_with_unknown_hashes_reports_a_change() -> None:
+    """`pulumi up` previews first: on a rotation the engine hands the dynamic provider an unknown for the new hashes
+    (it crashed on `.get` of it, found by the real engine)."""
+    from pulumi.output import Unknown
+
+    from components.credentials import _GenerationsProvider
+
+    provider = _GenerationsProvider()
+    olds = {"current": {"push": "$2a$10$a", "pull": "$2a$10$b"}, "previous": {}, "rotated_at": 0}
+    for news in ({"current": Unknown()}, {"current": {"push": Unknown(), "pull": "$2a$10$b"}}):
+        assert provider.diff("id", olds, news).changes is True
+    assert provider.diff("id", olds, {"current": dict(olds["current"])}).changes is False
+    assert provider.diff("id", olds, {"current": {"push": "$2a$10$c", "pull": "$2a$10$b"}}).changes is True
