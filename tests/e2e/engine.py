@@ -365,7 +365,13 @@ class Stack:
     def resources(self, show_secrets: bool = False) -> dict[str, dict[str, Any]]:
         """name -> the state entry of each resource (outputs, inputs) of the current deployment."""
         deployment = self.export(show_secrets)["deployment"]
-        return {resource_name(r["urn"]): r for r in deployment.get("resources") or []}
+        found: dict[str, dict[str, Any]] = {}
+        for r in deployment.get("resources") or []:
+            # A replaced resource whose delete is still pending (an interrupted replacement) sits after its
+            # replacement in the list: the live entry wins.
+            if not (r.get("delete") and resource_name(r["urn"]) in found):
+                found[resource_name(r["urn"])] = r
+        return found
 
     def generated_secrets(self) -> dict[str, str]:
         """Every generated secret in the state: passwords, their bcrypt hashes, the HTTP secret."""
