@@ -87,7 +87,7 @@ class _GenerationsProvider(pulumi.dynamic.ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         new = news.get("current")
-        if not known_hashes(new):
+        if new is None or not known_hashes(new):
             # The preview of a rotation: the new hashes are not known until their passwords are generated.
             return pulumi.dynamic.DiffResult(changes=True, replaces=[], delete_before_replace=False)
         changed = remember(None, olds.get("current") or {}, 0)["current"] != remember(None, new, 0)["current"]

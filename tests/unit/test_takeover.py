@@ -310,8 +310,9 @@ def test_generations_diff_of_a_rotation_preview_with_unknown_hashes_reports_a_ch
     from components.credentials import _GenerationsProvider
 
     provider = _GenerationsProvider()
-    olds = {"current": {"push": "$2a$10$a", "pull": "$2a$10$b"}, "previous": {}, "rotated_at": 0}
+    current = {"push": "$2a$10$a", "pull": "$2a$10$b"}
+    olds = {"current": current, "previous": {}, "rotated_at": 0}
     for news in ({"current": Unknown()}, {"current": {"push": Unknown(), "pull": "$2a$10$b"}}):
         assert provider.diff("id", olds, news).changes is True
-    assert provider.diff("id", olds, {"current": dict(olds["current"])}).changes is False
+    assert provider.diff("id", olds, {"current": dict(current)}).changes is False
     assert provider.diff("id", olds, {"current": {"push": "$2a$10$c", "pull": "$2a$10$b"}}).changes is True
