@@ -39,7 +39,16 @@ ARCHIVES=(  # sha256  file
 cd "$(dirname "$0")/.."
 REPO=$PWD
 ROOT="${REGTEST_TOOLCHAIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/regtest-toolchain}"
-SOURCES="${REGTEST_PULUMI_SOURCES:-$REPO/../shared/pulumi-sources}"
+# The archives: REGTEST_PULUMI_SOURCES, else ../shared/pulumi-sources beside the clone (or beside the main
+# checkout of a git worktree).
+SOURCES="${REGTEST_PULUMI_SOURCES:-}"
+if [ -z "$SOURCES" ]; then
+  SOURCES="$REPO/../shared/pulumi-sources"
+  common=$(git -C "$REPO" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || true)
+  if [ ! -d "$SOURCES" ] && [ -n "$common" ] && [ -d "$(dirname "$common")/../shared/pulumi-sources" ]; then
+    SOURCES="$(dirname "$common")/../shared/pulumi-sources"
+  fi
+fi
 PINS="pulumi=$PULUMI_VERSION language-python=$LANGUAGE_PYTHON_VERSION command=$COMMAND_VERSION random=$RANDOM_VERSION"
 PINS+=" kubernetes=$KUBERNETES_VERSION kubernetes-module=$KUBERNETES_MODULE go=$(go env GOVERSION 2>/dev/null || echo none)"
 PINS+=" archives=$(printf '%s\n' "${ARCHIVES[@]}" | cut -c1-12 | tr '\n' ',')"
@@ -172,7 +181,7 @@ case "${1:-}" in
     else exit 1; fi ;;
   plugins)
     if installed_pulumi >/dev/null; then echo; elif [ -f "$OUT/complete" ]; then printf '%s\n' "$PLUGINS"; else exit 1; fi ;;
-  pins) printf '%s\n' $PINS ;;
+  pins) tr ' ' '\n' <<<"$PINS" ;;
   verify) verify && log "all archives match their pinned digests ($SOURCES)" ;;
   *) echo "usage: scripts/toolchain.sh build|bin|plugins|pins|verify" >&2; exit 2 ;;
 esac

@@ -96,3 +96,13 @@ def test_github_workflows_match_the_schema() -> None:
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_projects_own_shell_scripts_pass_shellcheck() -> None:
+    """The entry points and build scripts (dev.sh, toolchain.sh, .ci/run, the test host's scripts), as files."""
+    files = sorted(
+        str(p.relative_to(ROOT)) for p in [*ROOT.glob("scripts/*.sh"), *ROOT.glob("tests/e2e/**/*.sh"), ROOT / ".ci/run"]
+    )
+    assert "scripts/toolchain.sh" in files and "scripts/dev.sh" in files, files
+    proc = subprocess.run([tool("shellcheck"), "-x", *files], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
