@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ class EngineStack:
     def secrets(self) -> dict[str, str]:
         return self.stack.generated_secrets()
 
-    def dependencies(self) -> dict[str, set[str]]:
+    def dependencies(self) -> dict[str, builtins.set[str]]:
         """resource name -> names of the resources it depends on (from the state)."""
         resources = self.stack.resources()
         return {
