@@ -355,8 +355,11 @@ class Stack:
         return json.loads(self.engine.cli(args, cwd=self.project_dir).stdout)
 
     def resources(self, show_secrets: bool = False) -> dict[str, dict[str, Any]]:
-        """name -> the state entry of each resource (outputs, inputs) of the current deployment."""
+        """name -> the state entry of each resource (outputs, inputs) of the current deployment; with show_secrets,
+        each secret is its value (the export wraps it as {SECRET_SIG: ..., "plaintext": <JSON>})."""
         deployment = self.export(show_secrets)["deployment"]
+        if show_secrets:
+            deployment = reveal(deployment)
         return {resource_name(r["urn"]): r for r in deployment.get("resources") or []}
 
     def generated_secrets(self) -> dict[str, str]:
@@ -376,6 +379,21 @@ class Stack:
         stack_file = self.project_dir / f"Pulumi.{self.name}.yaml"
         if stack_file.exists():
             stack_file.unlink()
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+"""The key that marks a secret in a state export."""
+
+
+def reveal(value: Any) -> Any:
+    """`value` with every exported secret ({SECRET_SIG: ..., "plaintext": JSON}) replaced by what it holds."""
+    if isinstance(value, dict):
+        if SECRET_SIG in value and "plaintext" in value:
+            return reveal(json.loads(value["plaintext"]))
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
 
 
 def cleanup(path: Path) -> None:
