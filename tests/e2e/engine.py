@@ -305,10 +305,21 @@ class Stack:
         plain = {
             f"{PROJECT}:{key}": auto.ConfigValue(value=value if isinstance(value, str) else json.dumps(value))
             for key, value in config.items()
-            if key not in SECRET_KEYS
+            if key not in SECRET_KEYS and not isinstance(value, (list, dict))
         }
         if plain:
             self.stack.set_all_config(plain)
+        # A list or map (allowlist, retentionRules) is stored as one, as `pulumi config set --path` would: the
+        # project's typed settings refuse a JSON text in its place.
+        structured = {
+            f"{PROJECT}:{key}": {"value": json.dumps(value), "objectValue": value, "secret": False}
+            for key, value in config.items()
+            if key not in SECRET_KEYS and isinstance(value, (list, dict))
+        }
+        if structured:
+            self.engine.cli(
+                ["config", "set-all", "--json", json.dumps(structured), "--stack", self.name], cwd=self.project_dir
+            )
         for key in sorted(SECRET_KEYS & set(config)):
             self.engine.cli(
                 ["config", "set", "--secret", f"{PROJECT}:{key}", "--stack", self.name],
