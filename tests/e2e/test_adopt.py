@@ -211,7 +211,12 @@ def _authfile(c: Clients, name: str, user: str, password: str) -> str:
 
 def put_in_hand_made_state(host: TestHost, c: Clients, password: str) -> dict[str, str]:
     """The seed's commands, run on the test host; three images pushed by hand. Returns their digests."""
-    c.sh("docker rm -f registry >/dev/null 2>&1 || true; rm -rf /srv/data/registry /etc/caddy/registry.caddy")
+    # Earlier modules' first `up` each kept the Caddyfile they changed as a dated backup (destroy keeps backups):
+    # the hand-made host has none.
+    c.sh(
+        "docker rm -f registry >/dev/null 2>&1 || true; rm -rf /srv/data/registry /etc/caddy/registry.caddy "
+        f"{CADDYFILE}.*.bak"
+    )
     c.sh(SEED_DOCKER_RUN)
     password_hash = c.sh("caddy hash-password", stdin=password + "\n").stdout.strip()
     assert password_hash.startswith("$2a$14$")
