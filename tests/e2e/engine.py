@@ -313,10 +313,21 @@ class Stack:
         plain = {
             f"{PROJECT}:{key}": auto.ConfigValue(value=value if isinstance(value, str) else json.dumps(value))
             for key, value in config.items()
-            if key not in SECRET_KEYS
+            if key not in SECRET_KEYS and not isinstance(value, (list, dict))
         }
         if plain:
             self.stack.set_all_config(plain)
+        # A list or map (allowlist, retentionRules) is stored as one, as `pulumi config set --path` would: the
+        # project's typed settings refuse a JSON text in its place.
+        structured = {
+            f"{PROJECT}:{key}": {"value": json.dumps(value), "objectValue": value, "secret": False}
+            for key, value in config.items()
+            if key not in SECRET_KEYS and isinstance(value, (list, dict))
+        }
+        if structured:
+            self.engine.cli(
+                ["config", "set-all", "--json", json.dumps(structured), "--stack", self.name], cwd=self.project_dir
+            )
         for key in sorted(SECRET_KEYS & set(config)):
             self.engine.cli(
                 ["config", "set", "--secret", f"{PROJECT}:{key}", "--stack", self.name],
@@ -363,8 +374,11 @@ class Stack:
         return json.loads(self.engine.cli(args, cwd=self.project_dir).stdout)
 
     def resources(self, show_secrets: bool = False) -> dict[str, dict[str, Any]]:
-        """name -> the state entry of each resource (outputs, inputs) of the current deployment."""
+        """name -> the state entry of each resource (outputs, inputs) of the current deployment; with show_secrets,
+        each secret is its value (the export wraps it as {SECRET_SIG: ..., "plaintext": <JSON>})."""
         deployment = self.export(show_secrets)["deployment"]
+        if show_secrets:
+            deployment = reveal(deployment)
         found: dict[str, dict[str, Any]] = {}
         for r in deployment.get("resources") or []:
             # A replaced resource whose delete is still pending (an interrupted replacement) sits after its
@@ -379,9 +393,9 @@ class Stack:
         for name, entry in self.resources(show_secrets=True).items():
             if entry.get("type") == "random:index/randomPassword:RandomPassword":
                 outputs = entry.get("outputs") or {}
-                found[f"{name} password"] = plain(outputs["result"])
+                found[f"{name} password"] = outputs["result"]
                 if outputs.get("bcryptHash"):
-                    found[f"{name} hash"] = plain(outputs["bcryptHash"])
+                    found[f"{name} hash"] = outputs["bcryptHash"]
         return found
 
     def remove(self) -> None:
@@ -392,13 +406,18 @@ class Stack:
             stack_file.unlink()
 
 
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+"""The key that marks a secret in a state export."""
 
 
-def plain(value: Any) -> Any:
-    """A value of `pulumi stack export --show-secrets`: a secret is {sig: secret, plaintext: JSON}; unwrap it."""
-    if isinstance(value, dict) and value.get("4dabf18193072939515e22adb298388d") == SECRET_SIG:
-        return json.loads(value["plaintext"]) if "plaintext" in value else value
+def reveal(value: Any) -> Any:
+    """`value` with every exported secret ({SECRET_SIG: ..., "plaintext": JSON}) replaced by what it holds."""
+    if isinstance(value, dict):
+        if SECRET_SIG in value and "plaintext" in value:
+            return reveal(json.loads(value["plaintext"]))
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
     return value
 
 

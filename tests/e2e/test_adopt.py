@@ -1,7 +1,9 @@
 """Taking over the hand-made setup: the test host is put in the state the seed describes, then one `up` takes it over.
 
 While the `up` runs, one loop pulls through the site every 0.5 s with the credential in registries.yaml (re-read
-each time) and another pulls through k3s every 5 s. Replayed commands over real SSH, not a Pulumi run.
+each time) and another pulls through k3s every 5 s. The real Pulumi engine runs every `up` and `destroy` (the module's
+stacks on the session's engine). Flux is off: the test host serves no Kubernetes API yet, so the Flux secret is
+covered by the graph tests (mocks) only until it does.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import pytest
 import yaml
 
 from components.render import dockerconfigjson
-from tests.e2e import apply as e2e_apply
-from tests.e2e import replay
 from tests.e2e.clients import CERT_DIR, REGISTRY_CA_FILE, Clients, stack_config
+from tests.e2e.engine import Engine, Execution, Run
+from tests.e2e.stacks import EngineStack
 from tests.e2e.testhost import TestHost
 
 pytestmark = pytest.mark.e2e
 
 STACK = "adopt"
+REJECTED_STACK = "adopt-rejected"
 CADDYFILE = "/etc/caddy/Caddyfile"
 REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
 DATA_DIR = "/srv/data/registry"
@@ -168,29 +171,25 @@ class Loop:
 
 
 @dataclass
-class Adoption:
-    host: TestHost
-    clients: Clients
-    state_dir: e2e_apply.StateDir
-    config: dict[str, Any]
-    old_password: str
-    digests: dict[str, str]
-    before: dict[str, Any]
+class Adoption(EngineStack):
+    """The module's stack (the takeover), and what the hand-made setup looked like before it."""
+
+    old_password: str = ""
+    digests: dict[str, str] = field(default_factory=dict)
+    before: dict[str, Any] = field(default_factory=dict)
     """The hand-made state right before the first `up`."""
-    rejected: replay.ApplyResult | None = None
+    rejected: Run | None = None
+    """The first `up` of a throwaway stack whose site Caddy rejects."""
     rejected_after: dict[str, Any] = field(default_factory=dict)
-    result: replay.ApplyResult | None = None
-    run: Any = None
+    result: Run | None = None
+    recorded: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """State entries (secrets in clear) right after the takeover `up`."""
     site_loop: list[str] = field(default_factory=list)
     k3s_loop: list[str] = field(default_factory=list)
 
-    def apply(self, state_dir: e2e_apply.StateDir | None = None, **changes: str) -> replay.ApplyResult:
-        config = {**self.config, **changes}
-        outcome = e2e_apply.up(config, state_dir or self.state_dir, stack=STACK, console=lambda _line: None)
-        assert outcome.result is not None
-        if state_dir is None:
-            self.run = outcome.run
-        return outcome.result
+    def stdout(self, name: str) -> str:
+        """A command's stdout after the takeover, from the state (the events carry a secret one as [secret])."""
+        return str(self.recorded[name]["outputs"]["stdout"])
 
 
 def snapshot(c: Clients) -> dict[str, Any]:
@@ -212,7 +211,12 @@ def _authfile(c: Clients, name: str, user: str, password: str) -> str:
 
 def put_in_hand_made_state(host: TestHost, c: Clients, password: str) -> dict[str, str]:
     """The seed's commands, run on the test host; three images pushed by hand. Returns their digests."""
-    c.sh("docker rm -f registry >/dev/null 2>&1 || true; rm -rf /srv/data/registry /etc/caddy/registry.caddy")
+    # Earlier modules' first `up` each kept the Caddyfile they changed as a dated backup (destroy keeps backups):
+    # the hand-made host has none.
+    c.sh(
+        "docker rm -f registry >/dev/null 2>&1 || true; rm -rf /srv/data/registry /etc/caddy/registry.caddy "
+        f"{CADDYFILE}.*.bak"
+    )
     c.sh(SEED_DOCKER_RUN)
     password_hash = c.sh("caddy hash-password", stdin=password + "\n").stdout.strip()
     assert password_hash.startswith("$2a$14$")
@@ -234,22 +238,30 @@ def put_in_hand_made_state(host: TestHost, c: Clients, password: str) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def adoption(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adoption]:
+def adoption(testhost: TestHost, engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adoption]:
     c = Clients(testhost)
     c.pebble_tls_port(5443)  # HTTP-01 only (see test_scenarios)
     c.forget_certificates()
     stock_caddyfile = c.sh(f"cat {CADDYFILE}").stdout
     old_password = secrets.token_urlsafe(24)
     digests = put_in_hand_made_state(testhost, c, old_password)
-    a = Adoption(
-        testhost, c, e2e_apply.StateDir(tmp_path_factory.mktemp("adopt-state")),
-        stack_config(testhost, existingPushPassword=old_password, flux="true"), old_password, digests, snapshot(c),
+    config = stack_config(testhost, existingPushPassword=old_password, flux="false")
+    a: Adoption = Adoption.open(
+        engine, STACK, testhost, tmp_path_factory.mktemp("adopt-project"), config,
+        old_password=old_password, digests=digests, before=snapshot(c),
     )  # fmt: skip
+    throwaway: EngineStack | None = None
     try:
         # First, on a throwaway stack, the issue's failure: a site Caddy rejects must leave everything as it was.
-        throwaway = e2e_apply.StateDir(tmp_path_factory.mktemp("adopt-rejected"))
-        a.rejected = a.apply(throwaway, acmeCaRoot="/etc/pebble/no-such-ca.pem")
+        throwaway = EngineStack.open(
+            engine, REJECTED_STACK, testhost, tmp_path_factory.mktemp("adopt-rejected"),
+            {**config, "acmeCaRoot": "/etc/pebble/no-such-ca.pem"},
+        )  # fmt: skip
+        a.rejected = throwaway.apply()
         a.rejected_after = snapshot(c)
+        # What the failed `up` recorded is forgotten (a user would start over): nothing on the host is touched.
+        throwaway.stack.remove()
+        throwaway = None
         stop = f"/run/adopt-loops-{time.monotonic_ns()}.stop"
         refs = ",".join(IMAGES)
         site = Loop(
@@ -261,25 +273,33 @@ def adoption(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> It
         try:
             a.result = a.apply()  # the stack's first `up`
             time.sleep(6)
+            if a.result.ok:
+                a.recorded = a.stack.resources(show_secrets=True)
         finally:
             c.sh(f"touch {stop}")
             site.wait()
             k3s.wait()
             c.sh(f"rm -f {stop}")
         a.site_loop, a.k3s_loop = site.lines, k3s.lines
-        print(f"\nsite loop: {len(site.lines)} pulls, statuses {sorted(set(r.split()[1] for r in site.lines))}; "
-              f"k3s loop: {len(k3s.lines)} pulls; takeover up: {a.result.seconds:.1f}s")
+        print(
+            f"\nsite loop: {len(site.lines)} pulls, statuses {sorted(set(r.split()[1] for r in site.lines))}; "
+            f"k3s loop: {len(k3s.lines)} pulls; takeover up: {a.result.seconds:.1f}s"
+        )
         yield a
     finally:
-        if a.state_dir.replay_state().resources:
-            e2e_apply.down(a.state_dir, console=lambda _line: None)
+        if throwaway is not None:
+            throwaway.stack.remove()
+        a.cleanup()
         # Leave the host as the other modules expect it: no hand-made leftovers.
-        c.sh(f"rm -f {REGISTRIES_YAML} {CADDYFILE}.*.bak; cat > {CADDYFILE}; systemctl reload caddy", stdin=stock_caddyfile)
+        c.sh(
+            f"rm -f {REGISTRIES_YAML} {CADDYFILE}.*.bak; cat > {CADDYFILE}; systemctl reload caddy",
+            stdin=stock_caddyfile,
+        )
         c.sh(f"docker rm -f registry >/dev/null 2>&1 || true; rm -rf {DATA_DIR}/docker; systemctl restart k3s")
         c.pebble_tls_port(443)
 
 
-def names(result: replay.ApplyResult) -> dict[str, replay.Execution]:
+def names(result: Run) -> dict[str, Execution]:
     return {e.name: e for e in result.executions}
 
 
@@ -290,10 +310,10 @@ def test_a_rejected_site_leaves_the_container_registries_yaml_and_k3s_untouched(
     rejected = adoption.rejected
     assert rejected is not None and not rejected.ok
     assert "caddy validate rejected the new site" in rejected.error
-    status = {s.name: rejected.status.get(s.urn) for s in rejected.steps}
-    assert status["caddy-site-handover"] == "failed"
-    for name in ("caddy-site-file", "registry-container", "k3s-trust-file", "k3s-trust-restart", "flux-secret", "verify-check"):
-        assert status.get(name) in (None, "skipped"), (name, status.get(name))
+    # The handover step ran and failed; nothing that depends on the site ran at all.
+    assert [(e.phase, e.ok) for e in rejected.ran("caddy-site-handover")] == [("create", False)]
+    for name in ("caddy-site-file", "registry-container", "k3s-trust-file", "k3s-trust-restart", "verify-check"):
+        assert rejected.ran(name) == [], name
     assert set(names(rejected)) == {"host-preflight", "host-data-dir", "caddy-site-handover"}
     assert adoption.rejected_after == adoption.before  # same container, files, modes, backups and k3s starts
 
@@ -310,14 +330,14 @@ def test_the_first_up_takes_over_without_a_manual_step(adoption: Adoption) -> No
     for name in ("registry-container", "k3s-trust-file", "k3s-trust-restart"):
         assert site.ended <= ran[name].started, f"{name} started before the site was live"
     assert ran["k3s-trust-file"].ended <= ran["k3s-trust-restart"].started
-    assert "registries.yaml written" in ran["k3s-trust-file"].stdout
-    assert "restarted" in ran["k3s-trust-restart"].stdout
+    assert "registries.yaml written" in adoption.stdout("k3s-trust-file")
+    assert "restarted" in adoption.stdout("k3s-trust-restart")
     assert len(adoption.clients.starts()) == len(adoption.before["starts"]) + 1  # one k3s restart
 
 
 def test_preflight_said_what_it_takes_over(adoption: Adoption) -> None:
     assert adoption.result is not None
-    out = names(adoption.result)["host-preflight"].stdout
+    out = names(adoption.result)["host-preflight"].stdout or ""
     domain = adoption.host.domain
     assert "preflight: takes over the existing container registry (registry:2)" in out
     assert f"the data directory {DATA_DIR} is kept as it is (root:root 755)" in out
@@ -350,7 +370,7 @@ def test_every_image_keeps_its_digest_and_cis_existing_password_still_pushes(ado
     assert {ref: c.digest(ref, ci) for ref in IMAGES} == adoption.digests
     c.push(c.make_image("after-takeover"), "team/api:after", ci)
     assert sorted(json.loads(c.list_tags("team/api", ci).stdout)["Tags"]) == ["1", "after"]
-    assert adoption.run.exports["pushPassword"] == adoption.old_password
+    assert adoption.exports["pushPassword"] == adoption.old_password
     for ref, digest in adoption.digests.items():
         assert "Image is up to date" in c.k3s_pull(f"{ref.split(':')[0]}@{digest}").stdout
 
@@ -363,7 +383,7 @@ def test_registries_yaml_keeps_every_other_entry_and_is_root_only(adoption: Adop
     assert after["mirrors"] == before["mirrors"]
     assert after["configs"][OTHER_REGISTRY] == before["configs"][OTHER_REGISTRY]
     assert after["configs"][adoption.host.domain]["auth"] == {
-        "username": "k3s_pull", "password": adoption.run.exports["pullPassword"],
+        "username": "k3s_pull", "password": adoption.exports["pullPassword"],
     }  # fmt: skip
     # Byte for byte: every line outside the program's entry is still there, in order.
     ours_old = adoption.before["registries"].split(f"  {adoption.host.domain}:\n    auth:")[1]
@@ -384,8 +404,8 @@ def test_the_inline_site_is_replaced_in_one_reload_and_kept_as_a_dated_backup(ad
     assert len(backups) == 1 and backups[0].startswith(f"{CADDYFILE}.20")
     assert c.sh(f"cat {q(backups[0])}").stdout == adoption.before["caddyfile"]
     assert c.sh(f"stat -c '%U:%G %a' {q(backups[0])}").stdout.split() == ["root:root", "600"]  # it holds a hash
-    site = names(adoption.result)["caddy-site-handover"]
-    assert "taking over lines " in site.stdout and backups[0] in site.stdout
+    site = adoption.stdout("caddy-site-handover")
+    assert "taking over lines " in site and backups[0] in site
     assert c.sh(f"curl -sS http://127.0.0.1:{OTHER_SITE_PORT}/").stdout == "another site on this server"
 
 
@@ -408,21 +428,27 @@ def test_an_update_whose_site_is_rejected_leaves_registries_yaml_and_k3s_untouch
     ca_copy = "/etc/rancher/k3s/registry-ca-copy.pem"
     c.sh(f"cp {REGISTRY_CA_FILE} {ca_copy}")
     before = snapshot(c)
+    good_root = adoption.config["acmeCaRoot"]
     # Both the site (acmeCaRoot) and the trust file (registryCaFile) change; Caddy rejects the site.
-    result = adoption.apply(registryCaFile=ca_copy, acmeCaRoot="/etc/pebble/no-such-ca.pem")
+    adoption.set(registryCaFile=ca_copy, acmeCaRoot="/etc/pebble/no-such-ca.pem")
+    plan = adoption.preview()
+    assert plan.ok, plan.error
+    assert {"caddy-site-file", "k3s-trust-file", "k3s-trust-restart"} <= set(plan.changed()), plan.changed()
+    result = adoption.apply()
     assert not result.ok
-    changed = {s.name for s in result.changed()}
-    assert {"caddy-site-file", "k3s-trust-file", "k3s-trust-restart"} <= changed
+    # The engine starts only the handover step's update: everything that depends on the site waits and never runs.
     assert set(names(result)) == {"caddy-site-handover"}
+    assert "caddy validate rejected the new site" in result.error
     assert snapshot(c) == before
-    restored = adoption.apply()
+    restored = adoption.apply(registryCaFile=REGISTRY_CA_FILE, acmeCaRoot=good_root)
     assert restored.ok and restored.executions == [], restored.error
 
 
 def test_destroy_removes_only_the_programs_entry_and_keeps_the_data(adoption: Adoption) -> None:
     c = adoption.clients
-    result = e2e_apply.down(adoption.state_dir, console=lambda _line: None)
+    result = adoption.destroy()
     assert result.ok, result.error
+    assert adoption.stack.resources() == {}
     after = yaml.safe_load(c.sh(f"cat {REGISTRIES_YAML}").stdout)
     before = yaml.safe_load(adoption.before["registries"])
     assert after == {"mirrors": before["mirrors"], "configs": {OTHER_REGISTRY: before["configs"][OTHER_REGISTRY]}}

@@ -4,8 +4,10 @@ A second container of the outer Docker engine (the neighbour) sits on the test h
 the server's L2 segment would, and routes the server's inner Docker bridge subnets and its other addresses through
 the server. First it shows that it does reach a container published the old way (`-p 127.0.0.1:5000:5000`, the
 seed's registry, made by hand before the program runs): the route, the server's forwarding and the test host's
-egress guard let such traffic through. Then the program is applied (replayed over SSH, as tests/e2e/test_scenarios.py
-does) and the neighbour gets no answer on port 5000 anywhere, while the site answers it on 443 with auth.
+egress guard let such traffic through. Then the real Pulumi engine applies the program (`pulumi up`, one stack for the
+module) and the neighbour gets no answer on port 5000 anywhere, while the site answers it on 443 with auth. Flux is
+off: the test host serves no Kubernetes API yet, so the Flux secret is covered by the graph tests (mocks) only until
+it does.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import pytest
 
 from components import ops_render
 from components.render import MAINTENANCE_FLAG
-from tests.e2e import apply as e2e_apply
-from tests.e2e import replay
-from tests.e2e.clients import Clients, stack_config
+from tests.e2e.clients import stack_config
+from tests.e2e.engine import Engine, Run
+from tests.e2e.stacks import EngineStack
 from tests.e2e.testhost import LABEL, TestHost, docker
 
 pytestmark = pytest.mark.e2e
@@ -137,17 +139,23 @@ def lan(testhost: TestHost) -> Iterator[Lan]:
 
 
 @dataclass
-class Net:
-    lan: Lan
-    clients: Clients
-    state_dir: e2e_apply.StateDir
-    config: dict[str, Any]
+class Net(EngineStack):
+    """The module's stack, and what the neighbour saw before it was applied."""
+
+    neighbourhood: Lan | None = None
+    """The neighbour and the server's addresses (the `lan` fixture)."""
     before: dict[str, tuple[str, str]] = field(default_factory=dict)
     """What the neighbour got before the program ran, by target (the positive control)."""
     seed_address: str = ""
     other_before: dict[str, Any] = field(default_factory=dict)
-    fresh: replay.ApplyResult | None = None
-    exports: dict[str, Any] = field(default_factory=dict)
+    fresh: Run | None = None
+    recorded: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """State entries (secrets in clear) after the fresh `up`."""
+
+    @property
+    def lan(self) -> Lan:
+        assert self.neighbourhood is not None
+        return self.neighbourhood
 
     def inspect(self, name: str) -> dict[str, Any]:
         return json.loads(self.lan.server(f"docker inspect {q(name)}"))[0]
@@ -160,11 +168,12 @@ class Net:
 
 
 @pytest.fixture(scope="module")
-def net(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+def net(lan: Lan, engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     host = lan.host
-    clients = Clients(host)
-    clients.trust_pebble()
-    n = Net(lan, clients, e2e_apply.StateDir(tmp_path_factory.mktemp("net-state")), stack_config(host, flux="false"))
+    n: Net = Net.open(
+        engine, STACK, host, tmp_path_factory.mktemp("net-project"), stack_config(host, flux="false"), neighbourhood=lan
+    )
+    n.clients.trust_pebble()
     try:
         # A fresh server: no container and no data left by an earlier module (the program never deletes data).
         lan.server(
@@ -181,15 +190,13 @@ def net(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             "other": lan.neighbour.http(f"http://{other}:{OTHER_PORT}/v2/"),
         }
         n.other_before = n.inspect(OTHER)
-        outcome = e2e_apply.up(n.config, n.state_dir, stack=STACK, console=lambda _line: None)
-        assert outcome.result is not None
-        n.fresh, n.exports = outcome.result, outcome.run.exports
-        assert n.fresh.ok, f"fresh apply failed:\n{n.fresh.error}"
+        n.fresh = n.apply()
+        assert n.fresh.ok, f"fresh up failed:\n{n.fresh.error}"
+        n.recorded = n.stack.resources(show_secrets=True)
         yield n
     finally:
         # Leave the shared host as the next module expects a fresh one: nothing of this stack, no data.
-        if n.state_dir.replay_state().resources:
-            e2e_apply.down(n.state_dir, console=lambda _line: None)
+        n.cleanup()
         lan.server(
             f"docker rm -f registry {OTHER} >/dev/null 2>&1; rm -rf {DATA}/docker /srv/backups/registry "
             f"{MAINTENANCE_FLAG}",
@@ -249,13 +256,13 @@ def test_neighbour_gets_no_answer_from_the_registry_on_any_address(net: Net) -> 
 
 def test_local_check_on_the_server_answers(net: Net) -> None:
     for url in (f"http://localhost:{PORT}/v2/", f"http://127.0.0.1:{PORT}/v2/"):
-        result = net.lan.host.ssh(f"curl -sS -w ' %{{http_code}}' {url}")
+        result = net.host.ssh(f"curl -sS -w ' %{{http_code}}' {url}")
         assert result.stdout.strip() == "{} 200", result
 
 
 def test_site_answers_the_neighbour_on_443_with_auth(net: Net) -> None:
     neighbour, domain = net.lan.neighbour, net.clients.domain
-    neighbour.sh("cat > /tmp/pebble-roots.pem", stdin=net.lan.host.pebble_root())
+    neighbour.sh("cat > /tmp/pebble-roots.pem", stdin=net.host.pebble_root())
     push = ops_render.curl_user_line(net.exports["pushUsername"], net.exports["pushPassword"]) + "\n"
     pull = ops_render.curl_user_line(net.exports["pullUsername"], net.exports["pullPassword"]) + "\n"
     # Through its LAN address and through a bridge gateway reached over the route: a listener on every address of
@@ -277,12 +284,13 @@ def test_site_answers_the_neighbour_on_443_with_auth(net: Net) -> None:
 def test_preflight_warns_about_the_other_published_container_and_leaves_it_alone(net: Net) -> None:
     assert net.fresh is not None
     [preflight] = net.fresh.ran("host-preflight")
-    assert preflight.ok and preflight.stdout.splitlines()[-1] == "preflight: ok", preflight.stdout
+    assert preflight.ok and preflight.stdout and preflight.stdout.splitlines()[-1] == "preflight: ok", preflight.stdout
     # The seed's hand-made `registry` is reported as taken over (the takeover report), nothing else.
     takes = preflight.stdout.splitlines()[:-1]
     assert len(takes) == 1 and takes[0].startswith("preflight: takes over the existing container registry ("), takes
-    warnings = [line for line in preflight.stderr.splitlines() if line.startswith("preflight: warning:")]
-    assert warnings == [line for line in preflight.stderr.splitlines() if line.strip()], preflight.stderr
+    stderr = str(net.recorded["host-preflight"]["outputs"]["stderr"])  # the events carry stdout only
+    warnings = [line for line in stderr.splitlines() if line.startswith("preflight: warning:")]
+    assert warnings == [line for line in stderr.splitlines() if line.strip()], stderr
     assert len(warnings) == 1, warnings  # the hand-made `registry` is replaced, not warned about
     assert warnings[0].startswith(f"preflight: warning: container {OTHER} publishes 127.0.0.1:5099->{OTHER_PORT}/tcp: ")
     after = net.inspect(OTHER)

@@ -1,6 +1,8 @@
 """Tag retention on the real test host: 30 per-commit tags and 3 semver tags, keep 5, one old tag in use by k3s.
 
-One applied stack for the module (its own state); the tests run in file order and the last one destroys it.
+The real Pulumi engine applies the program (one stack for the module, on the session's engine); the tests run in file
+order and the last one destroys it. Flux is off: the test host serves no Kubernetes API yet, so the Flux secret is
+covered by the graph tests (mocks) only until it does.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import pytest
 
 from components import ops_render, retention
 from components.render import MAINTENANCE_FLAG
-from tests.e2e import apply as e2e_apply
-from tests.e2e.clients import CERT_DIR, Clients, stack_config
+from tests.e2e.clients import CERT_DIR, stack_config
+from tests.e2e.engine import Engine
 from tests.e2e.test_operations import BACKUPS, DATA, NEVER, Ops, q
 from tests.e2e.testhost import TestHost
 
@@ -123,20 +125,17 @@ class Images:
 
 
 @pytest.fixture(scope="module")
-def ret(testhost: TestHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Retention]:
-    clients = Clients(testhost)
-    clients.trust_pebble()
-    config = stack_config(
-        testhost, flux="false", gcSchedule=NEVER, backupSchedule=NEVER,
-        retention="true", retentionRules=json.dumps([f"{REPO}={KEEP}", f"{MULTI}=1"]),
-    )
-    r = Retention(testhost, clients, e2e_apply.StateDir(tmp_path_factory.mktemp("retention-state")), config, stack=STACK)
-    result = r.apply()
-    assert result.ok, f"fresh apply failed:\n{result.error}"
+def ret(testhost: TestHost, engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Retention]:
+    config: dict[str, Any] = stack_config(testhost, flux="false", gcSchedule=NEVER, backupSchedule=NEVER, retention="true")
+    config["retentionRules"] = [f"{REPO}={KEEP}", f"{MULTI}=1"]
+    r: Retention = Retention.open(engine, STACK, testhost, tmp_path_factory.mktemp("retention-project"), config)
+    r.clients.trust_pebble()
     try:
+        result = r.apply()
+        assert result.ok, f"fresh up failed:\n{result.error}"
         yield r
     finally:
-        e2e_apply.down(r.state_dir, console=lambda _line: None)
+        r.cleanup()
         testhost.exec(
             f"docker rm -f registry >/dev/null 2>&1; rm -rf {DATA}/docker {BACKUPS} {MAINTENANCE_FLAG} /root/e2e/ret-*; "
             "docker images -q 'e2e/ret-*' | xargs -r docker rmi -f >/dev/null 2>&1",
