@@ -430,7 +430,7 @@ def test_an_update_whose_site_is_rejected_leaves_registries_yaml_and_k3s_untouch
     before = snapshot(c)
     good_root = adoption.config["acmeCaRoot"]
     # Both the site (acmeCaRoot) and the trust file (registryCaFile) change; Caddy rejects the site.
-    adoption.set(registryCaFile=ca_copy, acmeCaRoot="/etc/pebble/no-such-ca.pem")
+    adoption.configure(registryCaFile=ca_copy, acmeCaRoot="/etc/pebble/no-such-ca.pem")
     plan = adoption.preview()
     assert plan.ok, plan.error
     assert {"caddy-site-file", "k3s-trust-file", "k3s-trust-restart"} <= set(plan.changed()), plan.changed()
