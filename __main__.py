@@ -4,7 +4,7 @@ import pulumi
 
 from components import render
 from components.caddy_site import CaddySite, CaddySiteArgs
-from components.config import parse_settings, project_config
+from components.config import ConfigError, parse_settings, project_config
 from components.credentials import Credentials, CredentialsArgs
 from components.flux_secret import FluxSecret, FluxSecretArgs
 from components.host import Host, HostArgs
@@ -14,7 +14,10 @@ from components.ops_render import RetentionSpec
 from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryContainer, upstream_address
 from components.verify import Verify, VerifyArgs
 
-cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
+try:
+    cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
+except ConfigError as exc:  # the message names each bad setting; a stack trace would only hide it
+    raise pulumi.RunError(str(exc)) from None
 storage = render.StorageSpec(
     kind=cfg.storage, endpoint=cfg.s3_endpoint, region=cfg.s3_region, bucket=cfg.s3_bucket or "",
     root_directory=cfg.s3_root_directory, force_path_style=cfg.s3_force_path_style, ca_file=cfg.s3_ca_file,

@@ -165,7 +165,7 @@ def test_messages_use_the_project_name() -> None:
 def test_program_with_bad_setting_fails_before_registering_anything(programs: Programs) -> None:
     run = programs.run({**BASE, "domain": "Not A Domain", "sshPrivateKey": "hunter2-not-a-key"})
     assert run.error is not None
-    assert run.error.startswith("ConfigError: invalid stack configuration:")
+    assert run.error.startswith("RunError: invalid stack configuration:")  # a clean message, no stack trace
     assert "registry:domain = 'Not A Domain' is invalid" in run.error
     assert "registry:sshPrivateKey = <secret> is invalid" in run.error
     assert "hunter2" not in run.error
