@@ -26,6 +26,14 @@ pytestmark = pytest.mark.e2e
 ROOT = eng_mod.ROOT
 
 
+@pytest.fixture
+def clients(testhost: TestHost) -> Clients:
+    """Clients of the test host, with Pebble's roots where registryCaFile points (as a user installs their CA)."""
+    c = Clients(testhost)
+    c.trust_pebble()
+    return c
+
+
 def _fresh(engine: Engine, tmp_path: Path, name: str, config: dict[str, Any]) -> eng_mod.Stack:
     return eng_mod.Stack(engine, name, eng_mod.make_project(tmp_path / "project"), config)
 
@@ -91,7 +99,9 @@ def readme_steps() -> str:
     return match.group("body")
 
 
-def test_readme_steps_for_a_real_server_run_as_written(testhost: TestHost, engine: Engine, tmp_path: Path) -> None:
+def test_readme_steps_for_a_real_server_run_as_written(
+    testhost: TestHost, engine: Engine, clients: Clients, tmp_path: Path
+) -> None:
     """A new user's checkout: the committed files only, a virtualenv from requirements.txt alone, the README's lines
     run verbatim by bash. The one difference: Pulumi.prod.yaml points at the test host, not the production server."""
     checkout = tmp_path / "checkout"
@@ -124,8 +134,7 @@ def test_readme_steps_for_a_real_server_run_as_written(testhost: TestHost, engin
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "pushPassword" in proc.stdout and "[secret]" in proc.stdout
-    c = Clients(testhost)
-    assert c.http("/v2/").status == 401  # the site is live and asks for credentials
+    assert clients.http("/v2/").status == 401  # the site is live and asks for credentials
     env["PULUMI_BACKEND_URL"] = f"file://{home}/.pulumi-registry-state"  # what the README's lines chose
     destroy = subprocess.run(
         ["pulumi", "destroy", "--yes", "--stack", "prod", "--non-interactive"], cwd=checkout, env=env,
@@ -138,7 +147,7 @@ def test_readme_steps_for_a_real_server_run_as_written(testhost: TestHost, engin
 
 
 def test_cli_killed_during_the_container_step_is_recovered_by_the_readme_steps(
-    testhost: TestHost, engine: Engine, tmp_path: Path
+    testhost: TestHost, engine: Engine, clients: Clients, tmp_path: Path
 ) -> None:
     s: EngineStack = EngineStack.open(
         engine, "killed", testhost, tmp_path / "project", stack_config(testhost, flux="false")
