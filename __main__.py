@@ -66,7 +66,10 @@ if cfg.verify:
         host=host, domain=cfg.domain, push_user=cfg.push_user, push_password=creds.push_password,
         pull_user=cfg.pull_user, pull_password=creds.pull_password, ca_file=cfg.registry_ca_file,
         k3s=trust is not None, allowlist=bool(cfg.allowlist),
-        triggers=[site.content_sha256, trust.content_sha256 if trust else "", cfg.registry_image, cfg.registry_port],
+        triggers=[
+            site.content_sha256, trust.content_sha256 if trust else "", cfg.registry_image, cfg.registry_port,
+            cfg.registry_replicas,
+        ],
         after=[site, registry, *([trust] if trust else [])],
     ))
 Maintenance("maintenance", MaintenanceArgs(

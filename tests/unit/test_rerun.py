@@ -84,6 +84,7 @@ def test_a_change_of_replicas_leaves_the_caddy_site_alone(first: ProgramRun, sca
         "host-preflight": ["create"],
         "registry-container": ["create", "delete", "triggers", "update"],
         "maintenance-install": ["create"],
+        "verify-check": ["triggers"],
     }
 
 
