@@ -317,7 +317,8 @@ def _wait_answers(name: str, port: int, seconds: int = 30) -> list[str]:
 def _upstream_slots() -> list[str]:
     """`slots PORT...`: point Caddy's upstream slots at those of the replicas that answer, in turn; when none answers
     they stay as they are. Each file is replaced whole (rename), as Caddy reads them at every request; Caddy's user
-    reads them (0644: addresses, no secret)."""
+    reads them (0644: addresses, no secret). Without the slot folder (the site and its slots are gone: a destroy
+    removes them while it removes the replicas) it writes nothing."""
     slot = f"{UPSTREAM_DIR}/$i"
     return [
         "slots() {",
@@ -326,13 +327,12 @@ def _upstream_slots() -> list[str]:
         "    if curl -fs -o /dev/null --max-time 2 \"http://127.0.0.1:$port/v2/\"; then live=\"$live $port\"; fi",
         "  done",
         "  [ -n \"$live\" ] || return 0",
-        f"  install -d -m 0755 {q(UPSTREAM_DIR)}",
         "  i=1",
         f"  while [ \"$i\" -le {UPSTREAM_SLOTS} ]; do",
         "    for port in $live; do",
         f"      [ \"$i\" -le {UPSTREAM_SLOTS} ] || break",
-        f"      printf '127.0.0.1:%s\\n' \"$port\" > \"{slot}.new\"",
-        f"      chmod 0644 \"{slot}.new\"; mv \"{slot}.new\" \"{slot}\"",
+        f"      {{ printf '127.0.0.1:%s\\n' \"$port\" > \"{slot}.new\" && chmod 0644 \"{slot}.new\" && "
+        f"mv \"{slot}.new\" \"{slot}\"; }} 2>/dev/null || return 0",
         "      i=$((i + 1))",
         "    done",
         "  done",
@@ -357,7 +357,7 @@ def registry_run_replicas(
     lines = _env_file_then_lock(env_file)
     if ca_file:
         lines.append(f"[ -f {q(ca_file)} ] || {{ echo 's3CaFile {ca_file} does not exist on the server' >&2; exit 1; }}")
-    lines += _upstream_slots()
+    lines += [f"install -d -m 0755 {q(UPSTREAM_DIR)}", *_upstream_slots()]
     names, ports = replica_names(container, replicas), replica_ports(port, replicas)
     for name, replica_port in zip(names, ports, strict=True):
         others = " ".join(str(p) for p in ports if p != replica_port)
@@ -597,7 +597,13 @@ def caddy_site_remove(caddyfile: str, site_file: str) -> str:
         f"if [ -f \"$main\" ]; then grep -vxF {q(import_line)} \"$main\" > \"$main.tmp\" || true; cat \"$main.tmp\" > \"$main\"; rm -f \"$main.tmp\"; fi",
         'rm -f "$site"',
         "if systemctl is-active --quiet caddy; then systemctl reload caddy; fi",
-        f"rm -rf {q(UPSTREAM_DIR)}",
+        # Moved aside first: the replicas' removal may run alongside (destroy), and a slot it writes then can only
+        # fail (its folder is gone), never land in a folder being removed.
+        f"if [ -d {q(UPSTREAM_DIR)} ]; then",
+        f"  gone=$(mktemp -d {q(UPSTREAM_DIR + '.gone.')}XXXXXX)",
+        f"  mv {q(UPSTREAM_DIR)} \"$gone/\"",
+        "  rm -rf \"$gone\"",
+        "fi",
     )
 
 

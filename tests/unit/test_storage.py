@@ -229,7 +229,10 @@ def test_the_slots_writer_keeps_only_answering_replicas_and_replaces_each_file_w
     writer = script[script.index("slots() {"):script.index("\n}\n", script.index("slots() {"))]
     assert 'curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$port/v2/"' in writer
     assert '[ -n "$live" ] || return 0' in writer  # none answers: the slots stay
-    assert f'mv "{UPSTREAM_DIR}/$i.new" "{UPSTREAM_DIR}/$i"' in writer and 'chmod 0644' in writer
+    assert f'mv "{UPSTREAM_DIR}/$i.new" "{UPSTREAM_DIR}/$i"; }} 2>/dev/null || return 0' in writer and "chmod 0644" in writer
+    # Only the roll makes the folder; removing the replicas never brings back slots a destroy just removed.
+    assert f"install -d -m 0755 {UPSTREAM_DIR}" in script and "install -d" not in writer
+    assert "install -d" not in registry_remove_replicas(CONTAINER, 5000)
 
 
 def test_removing_the_replicas_moves_the_slots_to_the_first_then_stops_it_last() -> None:
