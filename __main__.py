@@ -36,7 +36,7 @@ creds = Credentials("credentials", CredentialsArgs(
 # Order: the site goes live first; the container swap, the trust file, the k3s restart and the Flux secret follow
 # only once it accepts the credentials they use.
 site = CaddySite("caddy-site", CaddySiteArgs(
-    host=host, upstream=upstream_address(cfg.registry_port, cfg.registry_replicas), domain=cfg.domain, acme_email=cfg.acme_email,
+    host=host, upstream=upstream_address(cfg.registry_port), domain=cfg.domain, acme_email=cfg.acme_email,
     push_user=cfg.push_user, push_hash=creds.push_hash, pull_user=cfg.pull_user, pull_hash=creds.pull_hash,
     allowlist=cfg.allowlist, acme_ca_url=cfg.acme_ca_url, acme_ca_root=cfg.acme_ca_root,
     caddyfile=cfg.caddyfile, site_file=cfg.caddy_site_file,
@@ -69,7 +69,10 @@ if cfg.verify:
         host=host, domain=cfg.domain, push_user=cfg.push_user, push_password=creds.push_password,
         pull_user=cfg.pull_user, pull_password=creds.pull_password, ca_file=cfg.registry_ca_file,
         k3s=trust is not None, allowlist=bool(cfg.allowlist),
-        triggers=[site.content_sha256, trust.content_sha256 if trust else "", cfg.registry_image, cfg.registry_port],
+        triggers=[
+            site.content_sha256, trust.content_sha256 if trust else "", cfg.registry_image, cfg.registry_port,
+            cfg.registry_replicas,
+        ],
         after=[site, registry, *([trust] if trust else [])],
     ))
 Maintenance("maintenance", MaintenanceArgs(

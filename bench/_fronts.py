@@ -83,9 +83,15 @@ _TLS_RE = re.compile(r"^(\t+)tls [^\n]*\{\n(?:\1\t[^\n]*\n)*\1\}\n|^(\t+)tls [^\
 
 
 def generated_site(address: str, upstream: str, creds: Credentials, allowlist: tuple[str, ...] = ()) -> str:
-    """render_caddyfile's output for this site address, unchanged."""
+    """render_caddyfile's output for this site address, unchanged; its upstream slot files (in a folder of the
+    benchmark's own) all name `upstream`, as on a host with one replica."""
+    import tempfile
+
+    slots = Path(tempfile.mkdtemp(prefix="bench-upstreams-"))
+    for i in range(1, render.UPSTREAM_SLOTS + 1):
+        (slots / str(i)).write_text(upstream)
     return render.render_caddyfile(render.SiteSpec(
-        domain=address, acme_email="bench@example.com", upstream=upstream,
+        domain=address, acme_email="bench@example.com", upstream_dir=str(slots),
         push_user=PUSH_USER, push_hash=creds.push_hash, pull_user=PULL_USER, pull_hash=creds.pull_hash,
         allowlist=allowlist,
     ))

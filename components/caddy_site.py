@@ -18,8 +18,9 @@ TYPE = "registry:index:CaddySite"
 class CaddySiteArgs:
     host: Host
     """Where Caddy runs."""
-    upstream: pulumi.Input[str]
-    """The registry's loopback address."""
+    upstream: str
+    """The first replica's loopback address: where upstream slots that do not exist yet point (the site reads the
+    replicas' addresses from the slots, so it is the same for any number of replicas)."""
     domain: str
     """Public name of the site."""
     acme_email: str
@@ -71,8 +72,8 @@ class CaddySite(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         self._name, self._args = name, args
         previous = pulumi.Output.all(args.previous_push_hash, args.previous_pull_hash)
-        handover_site = pulumi.Output.all(args.upstream, args.push_hash, args.pull_hash, previous).apply(
-            lambda v: self._render(v[0], v[1], v[2], v[3][0] or "", v[3][1] or "")
+        handover_site = pulumi.Output.all(args.push_hash, args.pull_hash, previous).apply(
+            lambda v: self._render(v[0], v[1], v[2][0] or "", v[2][1] or "")
         )
         generation = pulumi.Output.all(args.push_hash, args.pull_hash, previous).apply(
             lambda v: render.sha256("\n".join([v[0], v[1], *v[2]]))
@@ -85,22 +86,20 @@ class CaddySite(pulumi.ComponentResource):
         )
         # What `{name}-file` installs: the site without the previous hashes (with a grace period, first the site
         # with both, GRACE_SEPARATOR, then the site without them).
-        self._settled_site = pulumi.Output.all(args.upstream, args.push_hash, args.pull_hash, previous, grace).apply(
+        self._settled_site = pulumi.Output.all(args.push_hash, args.pull_hash, previous, grace).apply(
             lambda v: (
-                self._render(v[0], v[1], v[2], v[3][0] or "", v[3][1] or "") + scripts.GRACE_SEPARATOR + "\n"
-                if v[4]
-                else ""
+                self._render(v[0], v[1], v[2][0] or "", v[2][1] or "") + scripts.GRACE_SEPARATOR + "\n" if v[3] else ""
             )
-            + self._render(v[0], v[1], v[2], "", "")
+            + self._render(v[0], v[1], "", "")
         )
         self.handover = args.host.run(
             f"{name}-handover",
             # A rotation (new hashes: the trigger) replaces this step: the site accepting both generations.
-            create=scripts.caddy_site_handover(args.caddyfile, args.site_file, args.domain),
+            create=scripts.caddy_site_handover(args.caddyfile, args.site_file, args.domain, args.upstream),
             # Any other change is no handover: the settled site goes live here, before any client changes, and a
             # site Caddy rejects stops the update before the trust file, k3s or the Flux secret is touched.
             update=self._deadline.apply(
-                lambda d: scripts.caddy_site_handover_settle(args.caddyfile, args.site_file, args.domain, d)
+                lambda d: scripts.caddy_site_handover_settle(args.caddyfile, args.site_file, args.domain, args.upstream, d)
             ),
             stdin=pulumi.Output.secret(
                 pulumi.Output.all(handover_site, self._settled_site).apply(lambda v: scripts.handover_stdin(v[0], v[1]))
@@ -111,13 +110,12 @@ class CaddySite(pulumi.ComponentResource):
         # The site file and import line belong to `{name}-file` (it removes them); this step never deletes.
         self.content_sha256 = pulumi.Output.from_input("")
 
-    def _render(self, upstream: str, push_hash: str, pull_hash: str, previous_push: str, previous_pull: str) -> str:
+    def _render(self, push_hash: str, pull_hash: str, previous_push: str, previous_pull: str) -> str:
         args = self._args
         return render.render_caddyfile(
             render.SiteSpec(
                 domain=args.domain,
                 acme_email=args.acme_email,
-                upstream=upstream,
                 push_user=args.push_user,
                 push_hash=push_hash,
                 pull_user=args.pull_user,
@@ -140,7 +138,9 @@ class CaddySite(pulumi.ComponentResource):
         deadline, site = self._deadline, self._settled_site
         install = args.host.run(
             f"{name}-file",
-            create=deadline.apply(lambda d: scripts.caddy_site_settle(args.caddyfile, args.site_file, args.domain, d)),
+            create=deadline.apply(
+                lambda d: scripts.caddy_site_settle(args.caddyfile, args.site_file, args.domain, args.upstream, d)
+            ),
             delete=scripts.caddy_site_remove(args.caddyfile, args.site_file),
             stdin=pulumi.Output.secret(site),
             parent=self,

@@ -84,12 +84,13 @@ class RegistryContainer(pulumi.ComponentResource):
             )
         else:
             # Several replicas: a new image, env file or count is an update, which recreates them one at a time
-            # (no moment without a replica); only a new port replaces them all.
+            # (no moment without a replica; Caddy's upstream slots follow, without a reload); only a new port
+            # replaces them all.
             container = args.host.run(
                 f"{name}-container",
                 create=create,
                 update=create,
-                delete=scripts.registry_remove_replicas(CONTAINER),
+                delete=scripts.registry_remove_replicas(CONTAINER, args.port),
                 stdin=pulumi.Output.secret(env_file),
                 triggers=[args.port],
                 parent=self,

@@ -12,6 +12,7 @@ import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from components.config import MAX_REPLICAS
 from components.host_tools import registries_merge
 
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
@@ -21,11 +22,14 @@ MAINTENANCE_RETRY_AFTER = 120
 # Long enough for the registry container to drain and restart (maintenance window, image change).
 PROXY_TRY_DURATION = "30s"
 PROXY_TRY_INTERVAL = "250ms"
-# Several replicas: how Caddy checks them.
-HEALTH_URI = "/v2/"
-HEALTH_INTERVAL = "1s"
-HEALTH_TIMEOUT = "2s"
-FAIL_DURATION = "10s"
+UPSTREAM_DIR = "/var/lib/registry-upstreams"
+"""Caddy's upstream slots: files 1..UPSTREAM_SLOTS, each one replica's host:port, read at every request. The site
+names the slots, never the replicas, so a change of replicas is a file write and never a Caddy reload (a reload
+drops a request that arrives on a connection the outgoing configuration had just accepted)."""
+UPSTREAM_SLOTS = MAX_REPLICAS
+"""One slot per possible replica; with fewer replicas they take turns in the spare slots."""
+FAIL_DURATION = "2s"
+"""A slot whose replica refused a connection is skipped this long (it is retried on another slot at once)."""
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,6 @@ class SiteSpec:
 
     domain: str
     acme_email: str
-    upstream: str
-    """host:port of the registry, e.g. 127.0.0.1:5000; several replicas: their addresses separated by spaces."""
     push_user: str
     push_hash: str
     pull_user: str
@@ -47,6 +49,8 @@ class SiteSpec:
     """During a credential handover: the push user's previous bcrypt hash, still accepted; empty otherwise."""
     previous_pull_hash: str = ""
     """The same for the pull user."""
+    upstream_dir: str = UPSTREAM_DIR
+    """Where the upstream slot files are."""
 
     @property
     def handover(self) -> bool:
@@ -169,33 +173,29 @@ def _authenticated(spec: SiteSpec, indent: str) -> list[str]:
 def _proxy(spec: SiteSpec, indent: str) -> list[str]:
     # Requests that arrive while the container restarts wait for it instead of failing with 502;
     # a connection refused is retried for every method, a dropped one only for GET and HEAD.
+    slots = range(1, UPSTREAM_SLOTS + 1)
     lines = [
-        f"reverse_proxy {spec.upstream} {{",
+        # The replicas' addresses come from the slot files at every request (see UPSTREAM_DIR): the same site serves
+        # one replica or eight, and the container step moves the slots off a replica before it stops it.
+        "vars {",
+        *(f"\t{_slot_var(i)} {{file.{posixpath.join(spec.upstream_dir, str(i))}}}" for i in slots),
+        "}",
+        f"reverse_proxy {' '.join(f'{{vars.{_slot_var(i)}}}' for i in slots)} {{",
         f"\theader_down -{API_VERSION_HEADER[0]}",
+        "\tlb_policy round_robin",
         f"\tlb_try_duration {PROXY_TRY_DURATION}",
         f"\tlb_try_interval {PROXY_TRY_INTERVAL}",
         "\tlb_retry_match {",
         "\t\tmethod GET HEAD",
         "\t}",
-        *_health_checks(spec),
+        f"\tfail_duration {FAIL_DURATION}",
         "}",
     ]
     return [indent + line for line in lines]
 
 
-def _health_checks(spec: SiteSpec) -> list[str]:
-    """Several replicas: round robin, an active check of each one's /v2/ every second (the registry answers it 200
-    without auth on loopback), and a replica that refused a connection is skipped for a while (passive check)."""
-    if len(spec.upstream.split()) < 2:
-        return []
-    return [
-        "\tlb_policy round_robin",
-        f"\thealth_uri {HEALTH_URI}",
-        f"\thealth_interval {HEALTH_INTERVAL}",
-        f"\thealth_timeout {HEALTH_TIMEOUT}",
-        "\thealth_status 200",
-        f"\tfail_duration {FAIL_DURATION}",
-    ]
+def _slot_var(slot: int) -> str:
+    return f"registry_upstream_{slot}"
 
 
 def _handover(spec: SiteSpec) -> list[str]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from components.config import MAX_REPLICAS
-from components.render import S3_CA_IN_CONTAINER
+from components.render import S3_CA_IN_CONTAINER, UPSTREAM_DIR, UPSTREAM_SLOTS
 
 q = shlex.quote
 
@@ -289,8 +289,8 @@ def registry_remove(name: str) -> str:
     )
 
 
-REPLICA_SETTLE_SECONDS = 3
-"""After a replica answers again, before the next one stops: Caddy's active health check (every second) sees it."""
+REPLICA_SETTLE_SECONDS = 1
+"""After the upstream slots leave a replica, before it stops: a request that read the slots just before is sent."""
 
 
 def replica_names(container: str, replicas: int) -> list[str]:
@@ -314,52 +314,114 @@ def _wait_answers(name: str, port: int, seconds: int = 30) -> list[str]:
     ]
 
 
+def _upstream_slots() -> list[str]:
+    """`slots PORT...`: point Caddy's upstream slots at those of the replicas that answer, in turn; when none answers
+    they stay as they are. Each file is replaced whole (rename), as Caddy reads them at every request; Caddy's user
+    reads them (0644: addresses, no secret). Without the slot folder (the site and its slots are gone: a destroy
+    removes them while it removes the replicas) it writes nothing."""
+    slot = f"{UPSTREAM_DIR}/$i"
+    return [
+        "slots() {",
+        "  live=''",
+        "  for port in \"$@\"; do",
+        "    if curl -fs -o /dev/null --max-time 2 \"http://127.0.0.1:$port/v2/\"; then live=\"$live $port\"; fi",
+        "  done",
+        "  [ -n \"$live\" ] || return 0",
+        "  i=1",
+        f"  while [ \"$i\" -le {UPSTREAM_SLOTS} ]; do",
+        "    for port in $live; do",
+        f"      [ \"$i\" -le {UPSTREAM_SLOTS} ] || break",
+        f"      {{ printf '127.0.0.1:%s\\n' \"$port\" > \"{slot}.new\" && chmod 0644 \"{slot}.new\" && "
+        f"mv \"{slot}.new\" \"{slot}\"; }} 2>/dev/null || return 0",
+        "      i=$((i + 1))",
+        "    done",
+        "  done",
+        "}",
+    ]
+
+
+def _running(name: str) -> str:
+    return f"[ \"$(docker inspect -f '{{{{.State.Running}}}}' {q(name)} 2>/dev/null)\" = true ]"
+
+
 def registry_run_replicas(
     container: str, image: str, port: int, replicas: int, data_dir: str, env_file: str, ca_file: str | None = None
 ) -> str:
     """Several replicas: write the env file from stdin (0600), then recreate them one at a time.
 
-    Each replica is stopped (it drains its requests), recreated and waits until it answers before the next one
-    stops, so Caddy always has a replica to send a pull to (a request refused by a stopping one is retried on
-    another). Replicas beyond `replicas` (a scale-down) go last.
+    Before a running replica stops, Caddy's upstream slots move to the others that answer, so no new request goes
+    to it and the stop only drains what it already has; it is recreated, and once it answers on /v2/ it is back in
+    the slots. The slots are files Caddy reads at every request: nothing here reloads Caddy. Replicas beyond
+    `replicas` (a scale-down) leave the slots, then stop, last.
     """
     lines = _env_file_then_lock(env_file)
     if ca_file:
         lines.append(f"[ -f {q(ca_file)} ] || {{ echo 's3CaFile {ca_file} does not exist on the server' >&2; exit 1; }}")
+    lines += [f"install -d -m 0755 {q(UPSTREAM_DIR)}", *_upstream_slots()]
     names, ports = replica_names(container, replicas), replica_ports(port, replicas)
-    for index, (name, replica_port) in enumerate(zip(names, ports, strict=True)):
-        if index:
-            lines.append(f"sleep {REPLICA_SETTLE_SECONDS}")
+    for name, replica_port in zip(names, ports, strict=True):
+        others = " ".join(str(p) for p in ports if p != replica_port)
         lines += [
+            f"if {_running(name)}; then slots {others}; sleep {REPLICA_SETTLE_SECONDS}; fi",
             f"docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true",
             f"docker rm -f {q(name)} >/dev/null 2>&1 || true",
             f"{registry_docker_run(name, image, replica_port, data_dir, env_file, DRAIN_ENV, ca_file)} >/dev/null",
             *_wait_answers(name, replica_port),
+            f"slots {' '.join(str(p) for p in ports)}",
             f"echo {q(f'{name}: 127.0.0.1:{replica_port}')}",
         ]
     for name in replica_names(container, MAX_REPLICAS)[replicas:]:
         lines.append(
-            f"if docker inspect {q(name)} >/dev/null 2>&1; then docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true; "
+            f"if docker inspect {q(name)} >/dev/null 2>&1; then sleep {REPLICA_SETTLE_SECONDS}; "
+            f"docker stop -t {STOP_TIMEOUT} {q(name)} >/dev/null 2>&1 || true; "
             f"docker rm -f {q(name)} >/dev/null; echo {q(f'{name}: removed (fewer replicas)')}; fi"
         )
     return _script(*lines)
 
 
-def registry_remove_replicas(container: str) -> str:
-    """Remove every replica container there may be; the data stays."""
-    names = " ".join(q(n) for n in replica_names(container, MAX_REPLICAS))
-    # Each is stopped first, so it drains requests in flight (a blob download cut mid-stream cannot be retried).
+def registry_remove_replicas(container: str, port: int) -> str:
+    """Remove every replica container there may be; the data stays.
+
+    Caddy's upstream slots first move to the first replica (if it answers), so the others get no new request; each
+    is stopped before it is removed, so it drains requests in flight (a blob download cut mid-stream cannot be
+    retried); the first goes last.
+    """
+    names = replica_names(container, MAX_REPLICAS)
+    others = " ".join(q(n) for n in names[1:])
     return _script(
-        f"for name in {names}; do docker stop -t {STOP_TIMEOUT} \"$name\" >/dev/null 2>&1 || true; "
-        "docker rm -f \"$name\" >/dev/null 2>&1 || true; done"
+        *_upstream_slots(),
+        f"slots {port}",
+        f"for name in {others}; do",
+        "  docker inspect \"$name\" >/dev/null 2>&1 || continue",
+        f"  sleep {REPLICA_SETTLE_SECONDS}",
+        f"  docker stop -t {STOP_TIMEOUT} \"$name\" >/dev/null 2>&1 || true",
+        "  docker rm -f \"$name\" >/dev/null 2>&1 || true",
+        "done",
+        f"docker stop -t {STOP_TIMEOUT} {q(container)} >/dev/null 2>&1 || true",
+        f"docker rm -f {q(container)} >/dev/null 2>&1 || true",
     )
 
 
-def caddy_site_install(caddyfile: str, site_file: str, domain: str) -> str:
+def upstream_slots_init(upstream: str) -> list[str]:
+    """Slot files that do not exist yet point at `upstream` (the first replica): a site that reads them may go live."""
+    slot = f"{UPSTREAM_DIR}/$i"
+    return [
+        f"install -d -m 0755 {q(UPSTREAM_DIR)}",
+        f"i=1; while [ \"$i\" -le {UPSTREAM_SLOTS} ]; do",
+        f"  if [ ! -s \"{slot}\" ]; then",
+        f"    printf '%s\\n' {q(upstream)} > \"{slot}.new\"; chmod 0644 \"{slot}.new\"; mv \"{slot}.new\" \"{slot}\"",
+        "  fi",
+        "  i=$((i + 1))",
+        "done",
+    ]
+
+
+def caddy_site_install(caddyfile: str, site_file: str, domain: str, upstream: str) -> str:
     """Install the site from stdin in one validated reload; an inline site for the domain is taken over.
 
     The main Caddyfile gets the import line (and loses an inline site for the same domain); when it changes, the
     original is kept beside it as Caddyfile.YYYYMMDD-HHMMSS.bak. On a failed `caddy validate` both files are put back.
+    The upstream slots the site reads exist first (missing ones point at `upstream`, the first replica).
     """
     import_line = f"import {site_file}"
     return _script(
@@ -373,6 +435,7 @@ def caddy_site_install(caddyfile: str, site_file: str, domain: str) -> str:
         'chmod 0640 "$tmp"',
         'backup="$main.$(date -u +%Y%m%d-%H%M%S).bak"',
         _host_tool("caddy_takeover", '"$main"', q(domain), q(import_line), '"$backup"', '"$main_new"'),
+        *upstream_slots_init(upstream),
         'if cmp -s "$main_new" "$main" && [ -f "$site" ] && cmp -s "$tmp" "$site"; then echo "site unchanged"; exit 0; fi',
         'if [ -f "$site" ]; then cp -p "$site" "$site.bak"; fi',
         'mv "$tmp" "$site"',
@@ -439,17 +502,17 @@ def _with_stdin_part(part: int, script: str) -> str:
     )
 
 
-def caddy_site_handover(caddyfile: str, site_file: str, domain: str) -> str:
+def caddy_site_handover(caddyfile: str, site_file: str, domain: str, upstream: str) -> str:
     """A rotation's first step: the site accepting the new and the previous credentials goes live."""
-    return _with_stdin_part(0, caddy_site_install(caddyfile, site_file, domain))
+    return _with_stdin_part(0, caddy_site_install(caddyfile, site_file, domain, upstream))
 
 
-def caddy_site_handover_settle(caddyfile: str, site_file: str, domain: str, deadline: int) -> str:
+def caddy_site_handover_settle(caddyfile: str, site_file: str, domain: str, upstream: str, deadline: int) -> str:
     """The handover step's update (no rotation): the settled site goes live now, before the clients' steps."""
-    return _with_stdin_part(1, caddy_site_settle(caddyfile, site_file, domain, deadline))
+    return _with_stdin_part(1, caddy_site_settle(caddyfile, site_file, domain, upstream, deadline))
 
 
-def caddy_site_settle(caddyfile: str, site_file: str, domain: str, deadline: int) -> str:
+def caddy_site_settle(caddyfile: str, site_file: str, domain: str, upstream: str, deadline: int) -> str:
     """The site step after the trust file and the Flux secret switched: refuse the previous credentials.
 
     stdin is the site to install, or (grace period) the site accepting both generations, GRACE_SEPARATOR and the
@@ -457,7 +520,7 @@ def caddy_site_settle(caddyfile: str, site_file: str, domain: str, deadline: int
     installs the second at the deadline (and at boot, should the host be down then); from the deadline on, the
     second goes live at once. Any earlier timer is replaced or removed.
     """
-    install = caddy_site_install(caddyfile, site_file, domain)
+    install = caddy_site_install(caddyfile, site_file, domain, upstream)
     if deadline <= 0:
         return _script(*_expiry_disarm(), *install.splitlines()[1:])
     when = f"$(date -u -d @{deadline} '+%Y-%m-%d %H:%M:%S UTC')"
@@ -525,7 +588,8 @@ def caddy_site_settle(caddyfile: str, site_file: str, domain: str, deadline: int
 
 
 def caddy_site_remove(caddyfile: str, site_file: str) -> str:
-    """Drop the import line and the site file (and any grace-period timer), then reload; other sites are untouched."""
+    """Drop the import line and the site file (and any grace-period timer), then reload, then the upstream slots the
+    site read; other sites are untouched."""
     import_line = f"import {site_file}"
     return _script(
         *_expiry_disarm(),
@@ -533,6 +597,13 @@ def caddy_site_remove(caddyfile: str, site_file: str) -> str:
         f"if [ -f \"$main\" ]; then grep -vxF {q(import_line)} \"$main\" > \"$main.tmp\" || true; cat \"$main.tmp\" > \"$main\"; rm -f \"$main.tmp\"; fi",
         'rm -f "$site"',
         "if systemctl is-active --quiet caddy; then systemctl reload caddy; fi",
+        # Moved aside first: the replicas' removal may run alongside (destroy), and a slot it writes then can only
+        # fail (its folder is gone), never land in a folder being removed.
+        f"if [ -d {q(UPSTREAM_DIR)} ]; then",
+        f"  gone=$(mktemp -d {q(UPSTREAM_DIR + '.gone.')}XXXXXX)",
+        f"  mv {q(UPSTREAM_DIR)} \"$gone/\"",
+        "  rm -rf \"$gone\"",
+        "fi",
     )
 
 

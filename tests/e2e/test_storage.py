@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from components import ops_render, render
+from components.render import UPSTREAM_DIR, UPSTREAM_SLOTS
 from tests.e2e.clients import CERT_DIR, ProcessSampler, stack_config
 from tests.e2e.engine import Engine
 from tests.e2e.stacks import EngineStack
@@ -373,15 +374,28 @@ def _needs_replicas(stack: Stack) -> None:
         pytest.skip("one replica")
 
 
-def test_caddy_balances_across_every_replica_with_health_checks(stack: Stack) -> None:
+def _slots(stack: Stack) -> list[str]:
+    """What Caddy's upstream slot files hold, slot 1 first."""
+    return stack.sh(f"for i in $(seq 1 {UPSTREAM_SLOTS}); do cat {UPSTREAM_DIR}/$i; done").split()
+
+
+def _caddy_reloads(stack: Stack, since: float) -> int:
+    journal = stack.sh(f"journalctl -u caddy -o cat --no-pager --since @{int(since)}")
+    return journal.count('"msg":"load complete"')
+
+
+def test_caddy_balances_across_every_replica_through_the_upstream_slots(stack: Stack) -> None:
     _needs_replicas(stack)
     site = stack.sh("cat /etc/caddy/registry.caddy")
-    upstreams = " ".join(f"127.0.0.1:{p}" for p in stack.ports)
-    assert f"reverse_proxy {upstreams} {{" in site
-    for line in ("health_uri /v2/", "health_interval 1s", "lb_try_duration 30s", "fail_duration 10s"):
+    assert not [p for p in stack.ports if f"127.0.0.1:{p}" in site]  # the site names the slots, never a replica
+    for line in ("lb_policy round_robin", "lb_try_duration 30s", "fail_duration 2s"):
         assert line in site, site
+    addresses = [f"127.0.0.1:{p}" for p in stack.ports]
+    assert _slots(stack) == [addresses[i % len(addresses)] for i in range(UPSTREAM_SLOTS)]
     upstream_state = json.loads(stack.sh("curl -fsS http://localhost:2019/reverse_proxy/upstreams"))
-    assert sorted(u["address"] for u in upstream_state) == sorted(upstreams.split())
+    assert sorted(u["address"] for u in upstream_state) == sorted(
+        f"{{http.vars.registry_upstream_{i}}}" for i in range(1, UPSTREAM_SLOTS + 1)
+    )
 
 
 def test_an_image_pushed_through_one_replica_pulls_through_another(stack: Stack) -> None:
@@ -441,11 +455,15 @@ def test_a_new_image_rolls_one_replica_at_a_time_and_no_pull_fails(stack: Stack)
 def test_one_replica_scales_to_two_on_the_data_directory_and_back_with_no_failed_pull(stack: Stack) -> None:
     if stack.variant.replicas != 1 or stack.variant.storage != "filesystem":
         pytest.skip("the filesystem variant starts with one replica")
+    since = _host_time(stack)
     with PullLoop(stack, "e2e/app:1") as loop:
         up = stack.apply(registryReplicas="2")
     assert up.ok, up.error
     # 1 -> 2 changes the container step's triggers: one replacement (its delete, then both replicas).
     assert [e.phase for e in up.ran("registry-container")] == ["delete", "create"]
+    # Caddy follows through its upstream slots, never a reload (which drops requests on fresh connections).
+    assert up.ran("caddy-site-handover") == [] and _caddy_reloads(stack, since) == 0
+    assert _slots(stack) == ["127.0.0.1:5000", "127.0.0.1:5001"] * (UPSTREAM_SLOTS // 2)
     for name, port in (("registry", PORT), ("registry-2", PORT + 1)):
         info = stack.clients.inspect_container(name)
         assert info["State"]["Running"] and f"REGISTRY_HTTP_ADDR=127.0.0.1:{port}" in info["Config"]["Env"]
@@ -454,12 +472,14 @@ def test_one_replica_scales_to_two_on_the_data_directory_and_back_with_no_failed
         tags = stack.sh(f"curl -fsS http://127.0.0.1:{port}/v2/e2e/app/tags/list")
         assert "1" in json.loads(tags)["tags"], (name, tags)
     assert loop.failed == [] and len(loop.lines) >= 5, loop.lines
+    since = _host_time(stack)
     with PullLoop(stack, "e2e/app:1") as loop:
         down = stack.apply(registryReplicas="1")
     assert down.ok, down.error
     assert stack.sh("docker ps -aq --filter name=^registry-2$").strip() == ""
     assert stack.clients.inspect_container("registry")["State"]["Running"]
-    assert "127.0.0.1:5001" not in stack.sh("cat /etc/caddy/registry.caddy")
+    assert down.ran("caddy-site-handover") == [] and _caddy_reloads(stack, since) == 0
+    assert _slots(stack) == ["127.0.0.1:5000"] * UPSTREAM_SLOTS
     assert loop.failed == [] and len(loop.lines) >= 5, loop.lines
 
 
@@ -544,4 +564,5 @@ def test_destroy_keeps_the_data(stack: Stack) -> None:
     assert stack.stack.resources() == {}
     for name in stack.containers:
         assert stack.sh(f"docker ps -aq --filter name=^{name}$").strip() == ""
+    assert stack.sh(f"test -e {UPSTREAM_DIR} || echo gone").strip() == "gone"  # the site's slots went with it
     assert stack.stored_bytes() > 0

@@ -186,7 +186,7 @@ def test_caddy_site_file_is_the_rendered_site(typical: ProgramRun) -> None:
     push, pull = generated(typical, "credentials-push"), generated(typical, "credentials-pull")
     expected = render_caddyfile(
         SiteSpec(
-            domain=DOMAIN, acme_email="ops@example.com", upstream="127.0.0.1:5000",
+            domain=DOMAIN, acme_email="ops@example.com",
             push_user="robot_user", push_hash=push["bcryptHash"], pull_user="k3s_pull", pull_hash=pull["bcryptHash"],
             allowlist=("198.51.100.0/24", "2001:db8::/32"),
         )

@@ -58,7 +58,9 @@ def test_grace_period_scripts_pass_shellcheck(tmp_path: Path) -> None:
     """The site step during a grace period (only sent after a rotation) and the expiry script it installs."""
     from components import scripts
 
-    settle = scripts.caddy_site_settle("/etc/caddy/Caddyfile", "/etc/caddy/sites/registry+1.caddy", "registry.example.test", 1_900_000_000)
+    settle = scripts.caddy_site_settle(
+        "/etc/caddy/Caddyfile", "/etc/caddy/sites/registry+1.caddy", "registry.example.test", "127.0.0.1:5000", 1_900_000_000
+    )
     expire = settle.split("<<'REGISTRY_EXPIRE'\n", 1)[1].split("\nREGISTRY_EXPIRE\n", 1)[0]
     assert "grace period over" in expire
     shellcheck(tmp_path, {"settle-grace": settle, "expire": expire})

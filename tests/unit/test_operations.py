@@ -514,6 +514,7 @@ def test_verify_reruns_for_site_trust_and_registry_changes(typical: ProgramRun) 
         hashlib.sha256(trust_sha.encode()).hexdigest(),
         "registry:2.8.3",
         5000,
+        1,  # replicas: a change of replicas leaves the site alone, the check runs for it all the same
     ]
 
 

@@ -24,6 +24,8 @@ import pytest
 import yaml
 
 from components.render import (
+    UPSTREAM_DIR,
+    UPSTREAM_SLOTS,
     SiteSpec,
     basic_auth_value,
     basic_prefix_regexp,
@@ -53,7 +55,6 @@ def spec(**overrides: Any) -> SiteSpec:
     values: dict[str, Any] = {
         "domain": DOMAIN,
         "acme_email": "ops@example.com",
-        "upstream": "127.0.0.1:5000",
         "push_user": PUSH_USER,
         "push_hash": PUSH_HASH,
         "pull_user": PULL_USER,
@@ -97,13 +98,18 @@ def _site_text(tls: list[str], allow: list[str]) -> str:
         "\t\theader @maintenance Retry-After 120",
         f"\t\trespond @maintenance `{maintenance_error()}` 503",
         "\t}",
-        "\treverse_proxy 127.0.0.1:5000 {",
+        "\tvars {",
+        *(f"\t\tregistry_upstream_{i} {{file./var/lib/registry-upstreams/{i}}}" for i in range(1, 9)),
+        "\t}",
+        "\treverse_proxy " + " ".join(f"{{vars.registry_upstream_{i}}}" for i in range(1, 9)) + " {",
         "\t\theader_down -Docker-Distribution-Api-Version",
+        "\t\tlb_policy round_robin",
         "\t\tlb_try_duration 30s",
         "\t\tlb_try_interval 250ms",
         "\t\tlb_retry_match {",
         "\t\t\tmethod GET HEAD",
         "\t\t}",
+        "\t\tfail_duration 2s",
         "\t}",
     ]
     return "\n".join(
@@ -159,9 +165,14 @@ def test_caddyfile_omits_tls_options_and_allowlist_when_unset() -> None:
         assert absent not in text
 
 
-def test_caddyfile_uses_the_given_upstream() -> None:
-    lines = render_caddyfile(spec(upstream="127.0.0.1:5123")).splitlines()
-    assert [line for line in lines if "reverse_proxy" in line] == ["\t\treverse_proxy 127.0.0.1:5123 {"]
+def test_caddyfile_reads_the_replicas_from_the_upstream_slots() -> None:
+    lines = render_caddyfile(spec(upstream_dir="/srv/slots")).splitlines()
+    proxy = [line for line in lines if "reverse_proxy" in line]
+    assert proxy == ["\t\treverse_proxy " + " ".join(f"{{vars.registry_upstream_{i}}}" for i in range(1, 9)) + " {"]
+    assert [line.strip() for line in lines if "{file." in line] == [
+        f"registry_upstream_{i} {{file./srv/slots/{i}}}" for i in range(1, 9)
+    ]
+    assert UPSTREAM_DIR == "/var/lib/registry-upstreams" and UPSTREAM_SLOTS == 8
 
 
 def test_maintenance_error_is_a_registry_error_body() -> None:
@@ -352,9 +363,12 @@ def test_adapted_site_uses_the_test_acme_ca_and_its_root(adapted: dict[str, Any]
     ]
 
 
-def test_adapted_site_proxies_to_the_upstream(adapted: dict[str, Any]) -> None:
+def test_adapted_site_proxies_to_the_upstream_slots(adapted: dict[str, Any]) -> None:
+    # Each slot is a placeholder Caddy fills per request from its file (no port of its own: none is added).
     proxies = [d for d in _dicts(adapted) if d.get("handler") == "reverse_proxy"]
-    assert [p["upstreams"] for p in proxies] == [[{"dial": "127.0.0.1:5000"}]]
+    assert [p["upstreams"] for p in proxies] == [[{"dial": f"{{http.vars.registry_upstream_{i}}}"} for i in range(1, 9)]]
+    slots = [d for d in _dicts(adapted) if d.get("handler") == "vars"]
+    assert slots == [{"handler": "vars", **{f"registry_upstream_{i}": f"{{file.{UPSTREAM_DIR}/{i}}}" for i in range(1, 9)}}]
 
 
 # --- render_caddyfile: run by a real Caddy in front of a fake registry ----------------------------
@@ -425,6 +439,15 @@ class Upstream:
             self.server.server_close()
 
 
+def write_slots(folder: Path, *addresses: str) -> Path:
+    """The upstream slot files as the container step writes them: the replicas' addresses in turn."""
+    folder.mkdir(exist_ok=True)
+    for i in range(UPSTREAM_SLOTS):
+        (folder / f"{i + 1}.new").write_text(addresses[i % len(addresses)] + "\n")
+        (folder / f"{i + 1}.new").replace(folder / str(i + 1))
+    return folder
+
+
 @dataclass
 class Response:
     status: int
@@ -479,9 +502,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCaddy]:
     admin, open_, inside, outside = (free_port() for _ in range(4))
     flag_dir = home / "run"
     flag_dir.mkdir()
+    slots = write_slots(home / "upstreams", f"127.0.0.1:{upstream_port}")
     sites = [
         plain_http_site(
-            render_caddyfile(spec(upstream=f"127.0.0.1:{upstream_port}", allowlist=allow)),
+            render_caddyfile(spec(upstream_dir=str(slots), allowlist=allow)),
             f"http://127.0.0.1:{port}",
             flag_dir,
         )
@@ -710,6 +734,47 @@ def test_unknown_user_is_refused_before_basic_auth(adapted: dict[str, Any]) -> N
 
 
 
+def test_the_upstream_slots_move_between_replicas_at_the_next_request_without_a_reload(tmp_path: Path) -> None:
+    # What a change of replicas does to Caddy: new slot files, read at every request; the loaded config stays.
+    first, second = Upstream(), Upstream()
+    first_port, second_port = first.start(), second.start()
+    admin, port = free_port(), free_port()
+    (tmp_path / "run").mkdir()
+    slots = write_slots(tmp_path / "upstreams", f"127.0.0.1:{first_port}")
+    site = plain_http_site(render_caddyfile(spec(upstream_dir=str(slots))), f"http://127.0.0.1:{port}", tmp_path / "run")
+    config = tmp_path / "Caddyfile"
+    config.write_text(f"{{\n\tadmin 127.0.0.1:{admin}\n\tstorage file_system {tmp_path / 'storage'}\n}}\n\n{site}")
+    log = tmp_path / "caddy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [tool("caddy"), "run", "--adapter", "caddyfile", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, env=caddy_env(tmp_path),
+        )
+    try:
+        _wait_listening(proc, [admin, port], log)
+        loaded = call(admin, "GET", "/config/").body
+
+        def pulls(n: int) -> None:
+            for _ in range(n):
+                assert call(port, "GET", "/v2/demo/manifests/1", auth=PULL).status == 200
+
+        pulls(4)
+        assert len(second.seen) == 0 and len(first.seen) == 4
+        write_slots(slots, f"127.0.0.1:{first_port}", f"127.0.0.1:{second_port}")  # a second replica answers
+        pulls(8)
+        assert len(first.seen) == 8 and len(second.seen) == 4  # round robin over the slots, half each
+        write_slots(slots, f"127.0.0.1:{second_port}")  # the first is about to stop: no new request for it
+        pulls(4)
+        assert len(first.seen) == 8 and len(second.seen) == 8
+        assert call(admin, "GET", "/config/").body == loaded
+        assert b'"msg":"load complete"' not in log.read_bytes()  # no reload: nothing dropped a connection
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        first.stop()
+        second.stop()
+
+
 # --- render_caddyfile: a credential handover (previous passwords still accepted) --------------------------
 
 OLD_PUSH_PASSWORD, OLD_PULL_PASSWORD = "OldPushPassw0rdForUnitTestsOnly1", "OldPullPassw0rdForUnitTestsOnly2"
@@ -757,8 +822,9 @@ def handover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCaddy]:
     admin, port = free_port(), free_port()
     flag_dir = home / "run"
     flag_dir.mkdir()
+    slots = write_slots(home / "upstreams", f"127.0.0.1:{upstream_port}")
     site = plain_http_site(
-        render_caddyfile(handover_spec(upstream=f"127.0.0.1:{upstream_port}")), f"http://127.0.0.1:{port}", flag_dir, 2
+        render_caddyfile(handover_spec(upstream_dir=str(slots))), f"http://127.0.0.1:{port}", flag_dir, 2
     )
     config = home / "Caddyfile"
     config.write_text(f"{{\n\tadmin 127.0.0.1:{admin}\n\tstorage file_system {home / 'storage'}\n}}\n\n{site}")

@@ -27,6 +27,11 @@ def rotated(programs: Programs, first: ProgramRun) -> ProgramRun:
     return programs.ok({**TYPICAL, "credentialRotation": "2"}, state=first.state)
 
 
+@pytest.fixture(scope="module")
+def scaled(programs: Programs, first: ProgramRun) -> ProgramRun:
+    return programs.ok({**TYPICAL, "registryReplicas": "2"}, state=first.state)
+
+
 def _changed(before: ProgramRun, after: ProgramRun) -> dict[str, list[str]]:
     """Resource name -> the input keys whose value (secret wrapper included) differs."""
     old = {r.urn: r for r in before.registrations}
@@ -70,6 +75,17 @@ def test_rotation_changes_exactly_the_credential_consumers(first: ProgramRun, ro
         "caddy-site-file": ["stdin"],
         "flux-secret": ["stringData"],
         "verify-check": ["stdin", "triggers"],
+    }
+
+
+def test_a_change_of_replicas_leaves_the_caddy_site_alone(first: ProgramRun, scaled: ProgramRun) -> None:
+    # The site reads the replicas from its upstream slots, so 1 -> 2 (and back) is no Caddy reload: a reload drops
+    # a request that arrives on a connection the outgoing configuration had just accepted.
+    assert _changed(first, scaled) == {
+        "host-preflight": ["create"],
+        "registry-container": ["create", "delete", "triggers", "update"],
+        "maintenance-install": ["create"],
+        "verify-check": ["triggers"],
     }
 
 

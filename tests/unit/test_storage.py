@@ -12,7 +12,7 @@ from components import ops_render
 from components.config import ConfigError, image_major_version, parse_settings
 from components.ops_render import MaintenanceSpec
 from components.registry import CONTAINER, ENV_FILE, upstream_address
-from components.render import S3_CA_IN_CONTAINER, StorageSpec, render_caddyfile, render_registry_env
+from components.render import S3_CA_IN_CONTAINER, UPSTREAM_DIR, StorageSpec, render_registry_env
 from components.scripts import (
     DRAIN_ENV,
     REPLICA_SETTLE_SECONDS,
@@ -193,38 +193,55 @@ def test_the_s3_maintenance_script_passes_shellcheck(tmp_path: Path) -> None:
 REPLICAS = MaintenanceSpec(**{**SPEC.__dict__, "replicas": 3})
 
 
-def test_replicas_listen_on_consecutive_loopback_ports_and_caddy_balances_with_health_checks(tmp_path: Path) -> None:
-    from tests.unit.test_render import _validate, spec
-
+def test_replicas_listen_on_consecutive_loopback_ports() -> None:
     assert upstream_address(5000) == "127.0.0.1:5000"
     assert upstream_address(5000, 3) == "127.0.0.1:5000 127.0.0.1:5001 127.0.0.1:5002"
-    site = render_caddyfile(spec(upstream=upstream_address(5000, 3)))
-    assert "reverse_proxy 127.0.0.1:5000 127.0.0.1:5001 127.0.0.1:5002 {" in site
-    for line in ("lb_policy round_robin", "health_uri /v2/", "health_interval 1s", "health_status 200", "fail_duration 10s",
-                 "lb_try_duration 30s"):  # fmt: skip
-        assert f"\t{line}\n" in site
-    # One replica: the site is what it was before replicas existed (no churn for existing stacks).
-    assert "health_uri" not in render_caddyfile(spec()) and "lb_policy" not in render_caddyfile(spec())
-    result = _validate(tmp_path, site, "replicas.caddy")
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_replicas_are_recreated_one_at_a_time_each_waiting_until_it_answers() -> None:
+def test_replicas_are_recreated_one_at_a_time_each_leaving_the_slots_before_it_stops() -> None:
     script = registry_run_replicas(CONTAINER, "registry:3", 5000, 3, "/srv/data/registry", ENV_FILE)
     lines = script.splitlines()
     runs = [i for i, line in enumerate(lines) if line.startswith("docker run -d")]
     assert [shlex.split(lines[i])[4] for i in runs] == ["registry", "registry-2", "registry-3"]
-    for index, (i, port) in enumerate(zip(runs, (5000, 5001, 5002), strict=True)):
+    ports = (5000, 5001, 5002)
+    for i, port in zip(runs, ports, strict=True):
+        name = shlex.split(lines[i])[4]
         assert f"-e REGISTRY_HTTP_ADDR=127.0.0.1:{port} " in lines[i] and "--network host" in lines[i]
         stop = max(j for j in range(i) if lines[j].startswith("docker stop -t 25 "))
-        assert lines[stop].split()[4] == shlex.split(lines[i])[4]  # stopped just before its own run
+        assert lines[stop].split()[4] == name  # stopped just before its own run
+        # Before it stops (if it runs), the slots go to the other replicas, and requests already sent get a moment.
+        others = " ".join(str(p) for p in ports if p != port)
+        assert lines[stop - 1] == (
+            f"if [ \"$(docker inspect -f '{{{{.State.Running}}}}' {name} 2>/dev/null)\" = true ]; "
+            f"then slots {others}; sleep {REPLICA_SETTLE_SECONDS}; fi"
+        )
+        # Back in the slots only once it answers.
         wait = next(j for j in range(i, len(lines)) if lines[j].startswith("until curl"))
         assert f"http://127.0.0.1:{port}/v2/" in lines[wait]
-        if index:
-            assert runs[index - 1] < stop and f"sleep {REPLICA_SETTLE_SECONDS}" in lines[runs[index - 1]:stop]
+        back = next(j for j in range(wait, len(lines)) if lines[j].startswith("slots "))
+        assert lines[back] == "slots 5000 5001 5002" and lines[wait:back].count("done") == 1
     assert lines.index("cat > /etc/registry/registry.env.new") < runs[0]
     assert "docker inspect registry-4 " in script and "docker inspect registry-3 " not in script  # scale-down
-    assert all(f"registry-{i}" in registry_remove_replicas(CONTAINER) for i in range(2, 9))
+    assert "reload" not in script and "caddy" not in script
+
+
+def test_the_slots_writer_keeps_only_answering_replicas_and_replaces_each_file_whole() -> None:
+    script = registry_run_replicas(CONTAINER, "registry:3", 5000, 2, "/d", ENV_FILE)
+    writer = script[script.index("slots() {"):script.index("\n}\n", script.index("slots() {"))]
+    assert 'curl -fs -o /dev/null --max-time 2 "http://127.0.0.1:$port/v2/"' in writer
+    assert '[ -n "$live" ] || return 0' in writer  # none answers: the slots stay
+    assert f'mv "{UPSTREAM_DIR}/$i.new" "{UPSTREAM_DIR}/$i"; }} 2>/dev/null || return 0' in writer and "chmod 0644" in writer
+    # Only the roll makes the folder; removing the replicas never brings back slots a destroy just removed.
+    assert f"install -d -m 0755 {UPSTREAM_DIR}" in script and "install -d" not in writer
+    assert "install -d" not in registry_remove_replicas(CONTAINER, 5000)
+
+
+def test_removing_the_replicas_moves_the_slots_to_the_first_then_stops_it_last() -> None:
+    script = registry_remove_replicas(CONTAINER, 5000)
+    lines = script.splitlines()
+    assert lines.index("slots 5000") < lines.index("for name in registry-2 registry-3 registry-4 registry-5 registry-6 "
+                                                   "registry-7 registry-8; do")  # fmt: skip
+    assert lines[-2:] == ["docker stop -t 25 registry >/dev/null 2>&1 || true", "docker rm -f registry >/dev/null 2>&1 || true"]
 
 
 def test_the_maintenance_window_makes_every_replica_read_only_one_at_a_time() -> None:
@@ -255,7 +272,7 @@ def test_preflight_checks_every_replica_port_against_its_own_container() -> None
 def test_replica_and_s3_scripts_pass_shellcheck(tmp_path: Path) -> None:
     shellcheck(tmp_path, {
         "run-replicas": registry_run_replicas(CONTAINER, "registry:3", 5000, 3, "/d", ENV_FILE, "/etc/ssl/ca.pem"),
-        "remove-replicas": registry_remove_replicas(CONTAINER),
+        "remove-replicas": registry_remove_replicas(CONTAINER, 5000),
         "maintenance-replicas": ops_render.render_maintenance_script(REPLICAS),
         "preflight-replicas": preflight(False, "k3s", registry_port=5000, container=CONTAINER, data_dir="/d",
                                         domain="r.example.com", caddyfile="/c", registries_file=None, replicas=3),
@@ -269,4 +286,3 @@ def test_several_replicas_change_image_by_update_and_one_replica_by_replacement(
     single, rolling = one.named("registry-container"), three.named("registry-container")
     assert single.value("update") in (None, "") and rolling.value("update") == rolling.value("create")
     assert len(single.value("triggers")) == 2 and rolling.value("triggers") == [5000]
-    assert "127.0.0.1:5002" in three.named("caddy-site-handover").value("stdin")

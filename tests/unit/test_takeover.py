@@ -241,7 +241,7 @@ def test_the_taken_over_caddyfile_validates_with_the_programs_site(tmp_path: Pat
 
 
 def test_install_script_carries_the_takeover_tool_and_keeps_a_dated_backup() -> None:
-    script = scripts.caddy_site_install("/etc/caddy/Caddyfile", "/etc/caddy/registry.caddy", DOMAIN)
+    script = scripts.caddy_site_install("/etc/caddy/Caddyfile", "/etc/caddy/registry.caddy", DOMAIN, "127.0.0.1:5000")
     assert (Path(caddy_takeover.__file__).read_text().rstrip() + "\nEND_OF_CADDY_TAKEOVER") in script
     assert 'backup="$main.$(date -u +%Y%m%d-%H%M%S).bak"' in script
     assert script.count("caddy validate --adapter") == 1 and script.count("systemctl reload caddy") == 1
