@@ -479,6 +479,20 @@ class LiveCaddy:
     """The maintenance flag file (absent unless a test creates it)."""
 
 
+def _start_caddy(home: Path, site: str, admin: int, port: int) -> subprocess.Popen[bytes]:
+    """A real Caddy serving `site` with its own admin address and storage under `home`, once it listens."""
+    config = home / "Caddyfile"
+    config.write_text(f"{{\n\tadmin 127.0.0.1:{admin}\n\tstorage file_system {home / 'storage'}\n}}\n\n{site}")
+    log = home / "caddy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [tool("caddy"), "run", "--adapter", "caddyfile", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, env=caddy_env(home),
+        )
+    _wait_listening(proc, [admin, port], log)
+    return proc
+
+
 def _wait_listening(proc: subprocess.Popen[bytes], ports: list[int], log: Path) -> None:
     deadline = time.monotonic() + 20
     pending = list(ports)
@@ -742,16 +756,8 @@ def test_the_upstream_slots_move_between_replicas_at_the_next_request_without_a_
     (tmp_path / "run").mkdir()
     slots = write_slots(tmp_path / "upstreams", f"127.0.0.1:{first_port}")
     site = plain_http_site(render_caddyfile(spec(upstream_dir=str(slots))), f"http://127.0.0.1:{port}", tmp_path / "run")
-    config = tmp_path / "Caddyfile"
-    config.write_text(f"{{\n\tadmin 127.0.0.1:{admin}\n\tstorage file_system {tmp_path / 'storage'}\n}}\n\n{site}")
-    log = tmp_path / "caddy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [tool("caddy"), "run", "--adapter", "caddyfile", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, env=caddy_env(tmp_path),
-        )
+    proc = _start_caddy(tmp_path, site, admin, port)
     try:
-        _wait_listening(proc, [admin, port], log)
         loaded = call(admin, "GET", "/config/").body
 
         def pulls(n: int) -> None:
@@ -767,7 +773,7 @@ def test_the_upstream_slots_move_between_replicas_at_the_next_request_without_a_
         pulls(4)
         assert len(first.seen) == 8 and len(second.seen) == 8
         assert call(admin, "GET", "/config/").body == loaded
-        assert b'"msg":"load complete"' not in log.read_bytes()  # no reload: nothing dropped a connection
+        assert b'"msg":"load complete"' not in (tmp_path / "caddy.log").read_bytes()  # no reload: nothing dropped a connection
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -826,16 +832,8 @@ def handover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCaddy]:
     site = plain_http_site(
         render_caddyfile(handover_spec(upstream_dir=str(slots))), f"http://127.0.0.1:{port}", flag_dir, 2
     )
-    config = home / "Caddyfile"
-    config.write_text(f"{{\n\tadmin 127.0.0.1:{admin}\n\tstorage file_system {home / 'storage'}\n}}\n\n{site}")
-    log = home / "caddy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [tool("caddy"), "run", "--adapter", "caddyfile", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, env=caddy_env(home),
-        )
+    proc = _start_caddy(home, site, admin, port)
     try:
-        _wait_listening(proc, [admin, port], log)
         yield LiveCaddy(upstream, port, port, port, flag_dir / "read-only")
     finally:
         proc.terminate()
