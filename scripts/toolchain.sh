@@ -154,7 +154,7 @@ PY
 cmd_build() {
   mkdir -p "$BIN" "$PLUGINS"
   if [ -f "$OUT/complete" ]; then log "reusing $OUT (pins $HASH)"; printf '%s\n' "$BIN"; return 0; fi
-  log "building into $OUT (go $(go env GOVERSION), module cache $GOPATH/pkg/mod)"
+  log "building into $OUT (go $(go env GOVERSION), module cache $(go env GOMODCACHE), build cache $GOCACHE)"
   local b file fn start
   for b in "$PLUGINS/pulumi-resource-command:build_command" "$BIN/pulumi-language-python:build_language_python" \
            "$PLUGINS/pulumi-resource-random:build_random" "$PLUGINS/pulumi-resource-kubernetes:build_kubernetes" \
