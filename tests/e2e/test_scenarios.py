@@ -203,6 +203,21 @@ def test_reapply_without_changes_runs_nothing_and_restarts_nothing(stack: Stack)
     assert after == before
 
 
+def test_right_after_an_up_preview_expects_no_changes_and_refresh_changes_nothing(stack: Stack) -> None:
+    """What a PR preview and a drift check run against a stack that was just applied."""
+    since = stack.clients.now()
+    preview = stack.preview(expect_no_changes=True)
+    assert preview.ok, preview.error
+    refresh = stack.stack.refresh(expect_no_changes=True)
+    assert refresh.ok, refresh.error
+    assert set(refresh.changes) <= {"same"}, refresh.changes
+    again = stack.preview(expect_no_changes=True)
+    assert again.ok, again.error  # the refresh left the state as it was
+    time.sleep(1)
+    assert stack.clients.ssh_logins(since) == 0  # neither runs anything on the host
+    stack.history += [preview, refresh, again]  # their output is checked for secrets below
+
+
 # --- c ----------------------------------------------------------------------------------------------------
 
 
@@ -380,6 +395,7 @@ def test_destroy_runs_every_delete_dependents_first_and_keeps_the_data(stack: St
     dependencies = stack.dependencies()
     result = stack.destroy()
     assert result.ok, result.error
+    assert [s for s in stack.secrets_seen if s in result.text] == [], "a secret in the destroy's output"
     assert stack.stack.resources() == {}
     assert {e.phase for e in result.executions} == {"delete"}
     runs = {e.name: e for e in result.executions}
