@@ -404,8 +404,9 @@ def test_interrupted_rotation_leaves_every_client_working_and_the_next_update_co
     eng, project = stack.stack.engine, stack.stack.project_dir
     eng.cli(["cancel", "--yes", "--stack", STACK], cwd=project)
     eng.cli(["refresh", "--yes", "--clear-pending-creates", "--stack", STACK], cwd=project)
-    # The handover step of the new generation is in the state.
-    assert stack.recorded("caddy-site-handover")["inputs"]["triggers"] != handover_before
+    # Whether the handover of the new generation reached the state depends on when the kill landed after its
+    # event (the CLI writes the checkpoint right after): both are legitimate, and both must recover.
+    handover_recorded = stack.recorded("caddy-site-handover")["inputs"]["triggers"] != handover_before
     # Every client works: the old password everywhere it still is, and the new one (a CI job that read it).
     assert "Image is up to date" in c.k3s_pull("e2e/rotation:1").stdout
     assert json.loads(c.list_tags("e2e/rotation", old_pull).stdout)["Tags"] == ["1"]
@@ -422,9 +423,15 @@ def test_interrupted_rotation_leaves_every_client_working_and_the_next_update_co
     result = stack.apply()  # the same config: completes the rotation
     assert result.ok, result.error
     changed = result.changed()
-    # The site step is not repeated: its only step here is the delete of the generation it replaced before the
-    # kill (a no-op on the host; the engine reports that delete-replaced as part of a "replace").
-    assert [e.phase for e in result.ran("caddy-site-handover")] in ([], ["delete"]), result.ran("caddy-site-handover")
+    handover = result.ran("caddy-site-handover")
+    assert all(e.ok for e in handover), handover
+    if handover_recorded:
+        # The site step is not repeated: its only step here is the delete of the generation it replaced before
+        # the kill (a no-op on the host; the engine reports that delete-replaced as part of a "replace").
+        assert [e.phase for e in handover] in ([], ["delete"]), handover
+    else:
+        # The state never saw the new handover: it runs again (the same site, installed again), once.
+        assert [e.phase for e in handover].count("create") == 1, handover
     assert {"k3s-trust-file", "k3s-trust-restart", "caddy-site-file"} <= set(changed), changed
     assert stack.exports["pushPassword"] == new_password
     for user, password in old.values():
