@@ -75,8 +75,8 @@ class CaddySite(pulumi.ComponentResource):
         handover_site = pulumi.Output.all(args.push_hash, args.pull_hash, previous).apply(
             lambda v: self._render(v[0], v[1], v[2][0] or "", v[2][1] or "")
         )
-        generation = pulumi.Output.all(args.push_hash, args.pull_hash, previous).apply(
-            lambda v: render.sha256("\n".join([v[0], v[1], *v[2]]))
+        generation = public_digest(
+            pulumi.Output.all(args.push_hash, args.pull_hash, previous).apply(lambda v: "\n".join([v[0], v[1], *v[2]]))
         )
         grace = pulumi.Output.all(previous, args.rotated_at).apply(
             lambda v: args.grace_seconds > 0 and any(v[0]) and int(v[1] or 0) > 0
@@ -104,7 +104,7 @@ class CaddySite(pulumi.ComponentResource):
             stdin=pulumi.Output.secret(
                 pulumi.Output.all(handover_site, self._settled_site).apply(lambda v: scripts.handover_stdin(v[0], v[1]))
             ),
-            triggers=[pulumi.Output.unsecret(generation)],  # a digest, never secret: see host.public_digest
+            triggers=[generation],
             parent=self,
         )
         # The site file and import line belong to `{name}-file` (it removes them); this step never deletes.

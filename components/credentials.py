@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import bcrypt
 import pulumi
@@ -73,7 +73,7 @@ def remember(old: Mapping[str, Any] | None, current: Mapping[str, str], now: int
     return {"current": current, "previous": previous, "rotated_at": now}
 
 
-def known_hashes(current: Any) -> bool:
+def known_hashes(current: Any) -> TypeGuard[Mapping[str, str]]:
     """Whether `current` is a mapping of role -> hash with every value known (the engine hands a dynamic provider an
     unknown value, not a string, for what a preview cannot know yet)."""
     return isinstance(current, Mapping) and all(isinstance(current.get(role, ""), str) for role in ROLES)
@@ -87,7 +87,7 @@ class _GenerationsProvider(pulumi.dynamic.ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
         new = news.get("current")
-        if new is None or not known_hashes(new):
+        if not known_hashes(new):
             # The preview of a rotation: the new hashes are not known until their passwords are generated.
             return pulumi.dynamic.DiffResult(changes=True, replaces=[], delete_before_replace=False)
         changed = remember(None, olds.get("current") or {}, 0)["current"] != remember(None, new, 0)["current"]
