@@ -124,7 +124,6 @@ def main() -> None:
                 since = clients.now()
                 fresh, fresh_wall = timed(program.up)
                 ok(fresh, "fresh up")
-                time.sleep(1)
                 logins = clients.ssh_logins(since)
                 depth, chain = chain_by_order(fresh.executions)
                 ok(one.up(), "up of the one-resource program")
@@ -135,7 +134,6 @@ def main() -> None:
                     run, row[label] = timed(s.up)
                     if ok(run, f"no-op up of {label}").changed():
                         raise RuntimeError(f"the no-op up of {label} changed {run.changed()}")
-                time.sleep(1)
                 noop_logins = clients.ssh_logins(since)
                 noops.add_round(row)
                 fresh_rows.append({"wall": fresh_wall, "logins": logins, "commands": len(fresh.executions),

@@ -75,7 +75,9 @@ class Clients:
         return self.sh(f"journalctl -u {q(unit)} -o cat --no-pager --since @{since}").stdout
 
     def ssh_logins(self, since: int) -> int:
-        """SSH logins sshd accepted since the host time `since` (every pulumi-command step opens one)."""
+        """SSH logins sshd accepted since the host time `since` (every pulumi-command step opens one). Waits a
+        second first: a login in the last second must reach the journal to be counted."""
+        time.sleep(1)
         return self.journal("ssh", since).count("Accepted publickey")
 
     def authfile(self, name: str, config_json: str) -> str:

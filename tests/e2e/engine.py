@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -186,7 +185,6 @@ class Run:
     """resource name -> create/update/replace/delete/same (the engine's step, per resource)."""
     changes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
-    killed: bool = False
 
     def ran(self, name: str) -> list[Execution]:
         return [e for e in self.executions if e.name == name]
@@ -208,7 +206,6 @@ class _Recorder:
         self.run, self.hook = run, hook
         self.lock = threading.Lock()
         self.seq = 0
-        self.first_event: float | None = None
         self.started: dict[tuple[str, str], tuple[int, float]] = {}
 
     def output(self, line: str) -> None:
@@ -218,8 +215,6 @@ class _Recorder:
     def event(self, ev: auto.EngineEvent) -> None:
         with self.lock:
             self.seq += 1
-            if self.first_event is None:
-                self.first_event = time.monotonic()
         if ev.resource_pre_event is not None:
             md = ev.resource_pre_event.metadata
             self._op(md)
@@ -260,18 +255,24 @@ class _Recorder:
             )
 
 
-def kill_cli() -> bool:
-    """SIGKILL the `pulumi` CLI this process started (a crashed CI runner); True if one was found."""
-    me, killed = os.getpid(), False
-    for pid in _descendants(me):
+def kill_cli(tree: bool = False) -> list[int]:
+    """SIGKILL the `pulumi` CLI this process started (a crashed CI runner), with `tree` every process under it too
+    (language host, providers: a cancelled runner's whole process group). Returns the pids killed."""
+    clis = [pid for pid in _descendants(os.getpid()) if _exe(pid) == "pulumi"]
+    victims = [*clis, *(d for cli in clis for d in _descendants(cli))] if tree else clis
+    for pid in victims:
         try:
-            exe = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
-            continue
-        if os.path.basename(exe) == "pulumi":
             os.kill(pid, signal.SIGKILL)
-            killed = True
-    return killed
+        except ProcessLookupError:
+            pass
+    return victims
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return ""
 
 
 def _descendants(pid: int) -> list[int]:
@@ -420,6 +421,3 @@ def reveal(value: Any) -> Any:
         return [reveal(v) for v in value]
     return value
 
-
-def cleanup(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -357,27 +357,6 @@ def _status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
-def kill_engine() -> list[int]:
-    """SIGKILL the `pulumi` CLI this process started and every process under it (language host, providers): the
-    whole tree, as a cancelled CI runner's process group goes. Returns the killed pids."""
-    me = os.getpid()
-    clis = [p for p in eng_mod._descendants(me) if _exe(p) == "pulumi"]
-    tree = [*clis, *(d for cli in clis for d in eng_mod._descendants(cli))]
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return tree
-
-
-def _exe(pid: int) -> str:
-    try:
-        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
-        return ""
-
-
 def test_interrupted_rotation_leaves_every_client_working_and_the_next_update_completes_it(stack: Stack) -> None:
     c = stack.clients
     old = stack.old_credentials()
@@ -390,7 +369,7 @@ def test_interrupted_rotation_leaves_every_client_working_and_the_next_update_co
 
     def kill_after_site(event: str, name: str, op: str) -> None:
         if event == "after" and name == "caddy-site-handover" and op != "delete-replaced" and not killed:
-            killed.extend(kill_engine() or [0])
+            killed.extend(eng_mod.kill_cli(tree=True) or [0])
 
     with SshGate(stack.host) as gate:
         run = stack.apply(hook=kill_after_site, credentialRotation="3")
