@@ -65,7 +65,8 @@ def reach(host_name: str) -> str:
     if host is None:
         return f"{host_name} is not running"
     return (
-        f"Reach it (bash): curl -u robot_user:\"$(bash scripts/dev.sh pulumi stack output --show-secrets pushPassword)\" "
+        "Reach it (bash): curl -u \"$(bash scripts/dev.sh pulumi stack output pushUsername)\":"
+        "\"$(bash scripts/dev.sh pulumi stack output --show-secrets pushPassword)\" "
         f"--cacert <(docker exec {host.name} pebble-root) --resolve {host.domain}:{host.https_port}:127.0.0.1 "
         f"https://{host.domain}:{host.https_port}/v2/_catalog"
     )
