@@ -1,0 +1,204 @@
+sudo -n sh -c 'set -eu
+umask 077
+work=$(mktemp -d)
+trap '"'"'rm -rf "$work"'"'"' EXIT
+awk -v sep='"'"'# --- the settled site (what the handover step installs when it is no rotation) ---'"'"' '"'"'$0 == sep { found = 1; next } !found { print }'"'"' > "$work/in"
+cat > "$work/step" <<'"'"'REGISTRY_SITE_STEP'"'"'
+set -eu
+site=/etc/caddy/registry.caddy; main=/etc/caddy/Caddyfile
+[ -f "$main" ] || { echo "Caddyfile $main not found" >&2; exit 1; }
+umask 027
+tmp=$(mktemp "$site.new.XXXXXX"); main_new=$(mktemp "$main.new.XXXXXX")
+trap '"'"'rm -f "$tmp" "$main_new"'"'"' EXIT
+cat > "$tmp"
+chgrp caddy "$tmp" 2>/dev/null || true
+chmod 0640 "$tmp"
+backup="$main.$(date -u +%Y%m%d-%H%M%S).bak"
+python3 - "$main" registry.example.com '"'"'import /etc/caddy/registry.caddy'"'"' "$backup" "$main_new" <<'"'"'END_OF_CADDY_TAKEOVER'"'"'
+"""Take over an inline site for the registry'"'"'s domain in the main Caddyfile and make sure the import line is there.
+
+Runs on the host (python3, standard library) inside the validated site install, and here in the tests.
+    python3 caddy_takeover.py MAIN_CADDYFILE DOMAIN IMPORT_LINE BACKUP_PATH OUT_FILE
+Every other site, snippet and global option stays as written; what was taken over is printed.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+class TakeoverError(ValueError):
+    """The Caddyfile is not in a shape this tool edits safely."""
+
+
+@dataclass(frozen=True)
+class Block:
+    start: int
+    """Index of the line that opens the block."""
+    end: int
+    """Index of the line that closes it."""
+    addresses: tuple[str, ...]
+    """Tokens before the `{` (empty for the global options block)."""
+
+
+def tokens(line: str) -> list[str]:
+    """A Caddyfile line'"'"'s tokens: whitespace-separated, quotes kept together, comments dropped."""
+    out: list[str] = []
+    current = ""
+    quote = ""
+    escaped = False
+    started = False
+    for char in line:
+        if quote:
+            current += char
+            if quote == '"'"'"'"'"' and char == "\\" and not escaped:
+                escaped = True
+                continue
+            if char == quote and not escaped:
+                quote = ""
+            escaped = False
+            continue
+        if char.isspace():
+            if started:
+                out.append(current)
+            current, started = "", False
+            continue
+        if char == "#" and not started:
+            break
+        if char in "\"`":
+            quote = char
+        current += char
+        started = True
+    if quote:
+        raise TakeoverError("a quoted token spans lines")
+    if started:
+        out.append(current)
+    return out
+
+
+def blocks(text: str) -> tuple[list[Block], list[tuple[int, list[str]]]]:
+    """Top-level blocks, and top-level lines outside any block (index, tokens)."""
+    found: list[Block] = []
+    loose: list[tuple[int, list[str]]] = []
+    depth = 0
+    opened: tuple[int, tuple[str, ...]] = (0, ())
+    heredoc = ""
+    for i, line in enumerate(text.splitlines()):
+        if heredoc:
+            if line.strip() == heredoc:
+                heredoc = ""
+            continue
+        toks = tokens(line)
+        for tok in toks:
+            if tok.startswith("<<") and len(tok) > 2 and tok is toks[-1]:
+                heredoc = tok[2:]
+        if depth == 0 and toks and toks[-1] == "{":
+            opened = (i, tuple(toks[:-1]))
+        elif depth == 0 and toks and "{" not in toks:
+            loose.append((i, toks))
+        for tok in toks:
+            if tok == "{":
+                depth += 1
+            elif tok == "}":
+                depth -= 1
+                if depth < 0:
+                    raise TakeoverError(f"line {i + 1}: unbalanced closing brace")
+                if depth == 0:
+                    found.append(Block(opened[0], i, opened[1]))
+    if depth:
+        raise TakeoverError("unbalanced braces")
+    return found, loose
+
+
+def is_address_of(address: str, domain: str) -> bool:
+    """Whether a site address means https://DOMAIN (any scheme but http://, port 443 or none, no path)."""
+    value = address.rstrip(",").lower()
+    if value.startswith("http://"):
+        return False
+    if value.startswith("https://"):  # not removeprefix: the host may run Python 3.8
+        value = value[len("https://") :]
+    if "/" in value:
+        return False
+    host, _, port = value.partition(":")
+    return host == domain.lower() and port in ("", "443")
+
+
+def take_over(text: str, domain: str, import_line: str, backup: str) -> tuple[str, list[str]]:
+    """(the new Caddyfile, what was taken over). The program'"'"'s import line is added when missing."""
+    lines = text.splitlines(keepends=True)
+    found, loose = blocks(text)
+    for i, toks in loose:
+        if any(is_address_of(tok, domain) for tok in toks):
+            raise TakeoverError(f"line {i + 1}: a site for {domain} without braces; add braces around it first")
+    note = f"# {domain}: taken over by the registry Pulumi program (see the import below); the original is in {backup}\n"
+    taken = []
+    for block in reversed(found):
+        ours = [a for a in block.addresses if is_address_of(a, domain)]
+        if not ours or block.addresses[0].startswith(("(", "&(")):
+            continue
+        if block.start > 0 and tokens(lines[block.start - 1]) and tokens(lines[block.start - 1])[-1].endswith(","):
+            raise TakeoverError(f"line {block.start}: site addresses over several lines; put them on one line first")
+        others = [a.rstrip(",") for a in block.addresses if not is_address_of(a, domain)]
+        if others:
+            indent = lines[block.start][: len(lines[block.start]) - len(lines[block.start].lstrip())]
+            lines[block.start] = f"{indent}{'"'"', '"'"'.join(others)} {{\n"
+            lines.insert(block.start, note)
+            taken.append(f"line {block.start + 1}: {domain} removed from the site {'"'"' '"'"'.join(block.addresses)}")
+        else:
+            lines[block.start : block.end + 1] = [note]
+            taken.append(f"lines {block.start + 1}-{block.end + 1}: the inline site {'"'"' '"'"'.join(block.addresses)}")
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    if import_line not in (line.strip() for line in lines):
+        lines.append(f"\n# Added by the registry Pulumi program.\n{import_line}\n")
+    return "".join(lines), list(reversed(taken))
+
+
+def main(argv: list[str]) -> int:
+    main_file, domain, import_line, backup, out_file = argv
+    with open(main_file) as fh:
+        text = fh.read()
+    try:
+        new, taken = take_over(text, domain, import_line, backup)
+    except TakeoverError as exc:
+        print(f"{main_file}: cannot take over the site for {domain}: {exc}; nothing was changed", file=sys.stderr)
+        return 1
+    with open(out_file, "w") as fh:
+        fh.write(new)
+    for what in taken:
+        print(f"{main_file}: taking over {what}; the original file is kept as {backup}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+END_OF_CADDY_TAKEOVER
+install -d -m 0755 /var/lib/registry-upstreams
+i=1; while [ "$i" -le 8 ]; do
+  if [ ! -s "/var/lib/registry-upstreams/$i" ]; then
+    printf '"'"'%s\n'"'"' 127.0.0.1:5000 > "/var/lib/registry-upstreams/$i.new"; chmod 0644 "/var/lib/registry-upstreams/$i.new"; mv "/var/lib/registry-upstreams/$i.new" "/var/lib/registry-upstreams/$i"
+  fi
+  i=$((i + 1))
+done
+if cmp -s "$main_new" "$main" && [ -f "$site" ] && cmp -s "$tmp" "$site"; then echo "site unchanged"; exit 0; fi
+if [ -f "$site" ]; then cp -p "$site" "$site.bak"; fi
+mv "$tmp" "$site"
+main_changed=0
+if ! cmp -s "$main_new" "$main"; then
+  main_changed=1; cp "$main" "$backup"; chmod 0600 "$backup"; cat "$main_new" > "$main"
+fi
+if ! out=$(caddy validate --adapter caddyfile --config "$main" 2>&1); then
+  if [ -f "$site.bak" ]; then mv "$site.bak" "$site"; else rm -f "$site"; fi
+  if [ "$main_changed" = 1 ]; then cat "$backup" > "$main"; rm -f "$backup"; fi
+  echo '"'"'caddy validate rejected the new site; the previous configuration is still live:'"'"' >&2
+  printf '"'"'%s\n'"'"' "$out" | grep -v '"'"'"level":"info"'"'"' >&2
+  exit 1
+fi
+rm -f "$site.bak"
+if systemctl is-active --quiet caddy; then systemctl reload caddy; else systemctl enable --now caddy; fi
+echo '"'"'site installed and Caddy reloaded'"'"'
+if [ "$main_changed" = 1 ]; then echo "the previous $main is kept as $backup"; fi
+REGISTRY_SITE_STEP
+sh "$work/step" < "$work/in"
+'
