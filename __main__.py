@@ -2,23 +2,25 @@
 
 import pulumi
 
-from components import render
 from components.caddy_site import CaddySite, CaddySiteArgs
-from components.config import ConfigError, parse_settings, project_config
 from components.credentials import Credentials, CredentialsArgs
 from components.flux_secret import FluxSecret, FluxSecretArgs
 from components.host import Host, HostArgs
 from components.k3s_trust import K3sTrust, K3sTrustArgs
 from components.maintenance import Maintenance, MaintenanceArgs
-from components.ops_render import RetentionSpec
 from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryContainer, upstream_address
 from components.verify import Verify, VerifyArgs
+from renderers.dockerconfigjson import dockerconfigjson
+from renderers.registry_env import StorageSpec
+from renderers.retention_config import RetentionSpec
+from settings.load import parse_settings, project_config
+from settings.model import ConfigError
 
 try:
     cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
 except ConfigError as exc:  # the message names each bad setting; a stack trace would only hide it
     raise pulumi.RunError(str(exc)) from None
-storage = render.StorageSpec(
+storage = StorageSpec(
     kind=cfg.storage, endpoint=cfg.s3_endpoint, region=cfg.s3_region, bucket=cfg.s3_bucket or "",
     root_directory=cfg.s3_root_directory, force_path_style=cfg.s3_force_path_style, ca_file=cfg.s3_ca_file,
 )
@@ -92,7 +94,7 @@ pulumi.export("imagePrefix", f"{cfg.domain}/")
 pulumi.export("pushUsername", cfg.push_user)
 pulumi.export("pushPassword", push_password)
 pulumi.export("dockerConfigJson", pulumi.Output.secret(
-    push_password.apply(lambda pw: render.dockerconfigjson(cfg.domain, cfg.push_user, pw))
+    push_password.apply(lambda pw: dockerconfigjson(cfg.domain, cfg.push_user, pw))
 ))
 pulumi.export("pullUsername", cfg.pull_user)
 pulumi.export("pullPassword", pull_password)

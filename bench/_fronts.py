@@ -1,5 +1,5 @@
 """The servers the benchmarks compare: the Distribution registry on loopback, the program's GENERATED Caddy site
-(from components.render.render_caddyfile, with its ACME `tls` line swapped for a local certificate), and the nginx
+(from renderers.caddyfile.render_caddyfile, with its ACME `tls` line swapped for a local certificate), and the nginx
 front from Distribution's documentation (https://distribution.github.io/distribution/recipes/nginx/).
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import bcrypt
 
 from bench._common import CADDY, LOOPBACK, Processes, TestCA, free_port, port_is_free, run, wait_port
-from components import render
+from renderers.caddyfile import UPSTREAM_SLOTS, SiteSpec, render_caddyfile
+from renderers.registry_env import render_registry_env
 
 PUSH_USER = "robot_user"
 PULL_USER = "k3s_pull"
@@ -70,7 +71,7 @@ def start_registry(procs: Processes, work: Path, port: int = 5000) -> tuple[subp
     root.mkdir(parents=True, exist_ok=True)
     config = work / "registry.yml"
     config.write_text(REGISTRY_CONFIG.format(root=root, addr=f"{LOOPBACK}:{port}"))
-    env_lines = render.render_registry_env(secrets.token_hex(24), container_root=str(root)).splitlines()
+    env_lines = render_registry_env(secrets.token_hex(24), container_root=str(root)).splitlines()
     env = dict(line.split("=", 1) for line in env_lines)
     proc = procs.start("registry", ["docker-registry", "serve", str(config)], work / "registry.log", env=env)
     wait_port(port, proc, what="registry")
@@ -88,9 +89,9 @@ def generated_site(address: str, upstream: str, creds: Credentials, allowlist: t
     import tempfile
 
     slots = Path(tempfile.mkdtemp(prefix="bench-upstreams-"))
-    for i in range(1, render.UPSTREAM_SLOTS + 1):
+    for i in range(1, UPSTREAM_SLOTS + 1):
         (slots / str(i)).write_text(upstream)
-    return render.render_caddyfile(render.SiteSpec(
+    return render_caddyfile(SiteSpec(
         domain=address, acme_email="bench@example.com", upstream_dir=str(slots),
         push_user=PUSH_USER, push_hash=creds.push_hash, pull_user=PULL_USER, pull_hash=creds.pull_hash,
         allowlist=allowlist,

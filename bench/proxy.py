@@ -75,7 +75,7 @@ from bench._fronts import (
     start_nginx,
     start_registry,
 )
-from components import render
+from renderers.registry_env import render_registry_env
 
 # --- what is compared: Caddy site options ----------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ class RegistryContainer:
         return f"unix/{self.socket}" if self.spec.network == "unix" else f"127.0.0.1:{self.port}"
 
     def _argv(self) -> list[str]:
-        env = render.render_registry_env(secrets.token_hex(24))
+        env = render_registry_env(secrets.token_hex(24))
         env += "".join(f"{k}={v}\n" for k, v in self.spec.env)
         argv = ["docker", "run", "-d", "--name", self.name, "--env-file", str(self.env_file),
                 "-v", f"{self.data}:/var/lib/registry", *self.spec.docker_args]

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_command as command
 
-from components import render, scripts
 from components.host import Host, public_digest
+from renderers import caddy_site as steps
+from renderers.caddyfile import SiteSpec, render_caddyfile
 
 TYPE = "registry:index:CaddySite"
 
@@ -88,21 +89,21 @@ class CaddySite(pulumi.ComponentResource):
         # with both, GRACE_SEPARATOR, then the site without them).
         self._settled_site = pulumi.Output.all(args.push_hash, args.pull_hash, previous, grace).apply(
             lambda v: (
-                self._render(v[0], v[1], v[2][0] or "", v[2][1] or "") + scripts.GRACE_SEPARATOR + "\n" if v[3] else ""
+                self._render(v[0], v[1], v[2][0] or "", v[2][1] or "") + steps.GRACE_SEPARATOR + "\n" if v[3] else ""
             )
             + self._render(v[0], v[1], "", "")
         )
         self.handover = args.host.run(
             f"{name}-handover",
             # A rotation (new hashes: the trigger) replaces this step: the site accepting both generations.
-            create=scripts.caddy_site_handover(args.caddyfile, args.site_file, args.domain, args.upstream),
+            create=steps.caddy_site_handover(args.caddyfile, args.site_file, args.domain, args.upstream),
             # Any other change is no handover: the settled site goes live here, before any client changes, and a
             # site Caddy rejects stops the update before the trust file, k3s or the Flux secret is touched.
             update=self._deadline.apply(
-                lambda d: scripts.caddy_site_handover_settle(args.caddyfile, args.site_file, args.domain, args.upstream, d)
+                lambda d: steps.caddy_site_handover_settle(args.caddyfile, args.site_file, args.domain, args.upstream, d)
             ),
             stdin=pulumi.Output.secret(
-                pulumi.Output.all(handover_site, self._settled_site).apply(lambda v: scripts.handover_stdin(v[0], v[1]))
+                pulumi.Output.all(handover_site, self._settled_site).apply(lambda v: steps.handover_stdin(v[0], v[1]))
             ),
             triggers=[generation],
             parent=self,
@@ -112,8 +113,8 @@ class CaddySite(pulumi.ComponentResource):
 
     def _render(self, push_hash: str, pull_hash: str, previous_push: str, previous_pull: str) -> str:
         args = self._args
-        return render.render_caddyfile(
-            render.SiteSpec(
+        return render_caddyfile(
+            SiteSpec(
                 domain=args.domain,
                 acme_email=args.acme_email,
                 push_user=args.push_user,
@@ -139,9 +140,9 @@ class CaddySite(pulumi.ComponentResource):
         install = args.host.run(
             f"{name}-file",
             create=deadline.apply(
-                lambda d: scripts.caddy_site_settle(args.caddyfile, args.site_file, args.domain, args.upstream, d)
+                lambda d: steps.caddy_site_settle(args.caddyfile, args.site_file, args.domain, args.upstream, d)
             ),
-            delete=scripts.caddy_site_remove(args.caddyfile, args.site_file),
+            delete=steps.caddy_site_remove(args.caddyfile, args.site_file),
             stdin=pulumi.Output.secret(site),
             parent=self,
             opts=pulumi.ResourceOptions(depends_on=[self.handover, *after]),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import render
+from renderers.dockerconfigjson import dockerconfigjson
 
 TYPE = "registry:index:FluxSecret"
 
@@ -54,7 +54,7 @@ class FluxSecret(pulumi.ComponentResource):
         in_cluster = pulumi.ResourceOptions(parent=self, provider=provider)
         config_json: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.from_input(args.password).apply(
-                lambda pw: render.dockerconfigjson(args.registry, args.username, pw)
+                lambda pw: dockerconfigjson(args.registry, args.username, pw)
             )
         )
         secret = k8s.core.v1.Secret(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_command as command
 
-from components import render, scripts
+from renderers.data_dir import data_dir
+from renderers.preflight import preflight, takeover_notice
+from renderers.shell import as_root
 
 TYPE = "registry:index:Host"
 
@@ -67,7 +70,7 @@ class Host(pulumi.ComponentResource):
         )
         check = self.run(
             f"{name}-preflight",
-            create=scripts.preflight(
+            create=preflight(
                 args.require_k3s, args.k3s_service, registry_port=args.registry_port, container=args.container,
                 data_dir=args.data_dir, domain=args.domain, caddyfile=args.caddyfile,
                 registries_file=args.registries_file if args.require_k3s else None, replicas=args.replicas,
@@ -75,11 +78,11 @@ class Host(pulumi.ComponentResource):
         )
         directory = self.run(
             f"{name}-data-dir",
-            create=scripts.data_dir(args.data_dir),
+            create=data_dir(args.data_dir),
             opts=pulumi.ResourceOptions(depends_on=[check]),
         )
         if pulumi.runtime.is_dry_run():
-            notice = scripts.takeover_notice(
+            notice = takeover_notice(
                 args.container, args.domain, args.caddyfile, args.registries_file if args.require_k3s else None
             )
             pulumi.log.info(notice, resource=self)
@@ -107,7 +110,7 @@ class Host(pulumi.ComponentResource):
         def root(script: pulumi.Input[str] | None) -> pulumi.Input[str] | None:
             if script is None:
                 return None
-            return pulumi.Output.from_input(script).apply(lambda s: scripts.as_root(s, self.privileged_prefix))
+            return pulumi.Output.from_input(script).apply(lambda s: as_root(s, self.privileged_prefix))
 
         secret = stdin is not None
         secret_stdin = pulumi.Output.secret(stdin) if stdin is not None else None
@@ -136,4 +139,9 @@ def public_digest(text: pulumi.Input[str | None]) -> pulumi.Output[str]:
     A digest of text holding a generated password (or of bcrypt hashes) reveals neither. A secret inside `triggers`
     breaks the command provider whenever it is unknown, which is every preview of a new stack: the SDK sends
     secret(unknown) and the provider fails with `triggers[0]: malformed secret: missing value`."""
-    return pulumi.Output.unsecret(pulumi.Output.from_input(text).apply(lambda t: render.sha256(t or "")))
+    return pulumi.Output.unsecret(pulumi.Output.from_input(text).apply(lambda t: sha256(t or "")))
+
+
+def sha256(text: str) -> str:
+    """Hex digest of a rendered file, used to trigger dependent steps only when content changes."""
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components import render, scripts
 from components.host import Host, public_digest
+from renderers import k3s_trust as steps
+from renderers.registries_yaml import render_registries_owned
 
 TYPE = "registry:index:K3sTrust"
 
@@ -42,13 +43,13 @@ class K3sTrust(pulumi.ComponentResource):
     def __init__(self, name: str, args: K3sTrustArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
         content = pulumi.Output.from_input(args.password).apply(
-            lambda pw: render.render_registries_owned(args.registry, args.username, pw, args.ca_file)
+            lambda pw: render_registries_owned(args.registry, args.username, pw, args.ca_file)
         )
         # The merge happens on the host: reading the file here would put other registries' secrets in state.
         written = args.host.run(
             f"{name}-file",
-            create=scripts.trust_file_write(args.path),
-            delete=scripts.trust_file_remove(args.path, args.registry),
+            create=steps.trust_file_write(args.path),
+            delete=steps.trust_file_remove(args.path, args.registry),
             stdin=content,
             parent=self,
             opts=pulumi.ResourceOptions(depends_on=list(args.after)),
@@ -58,7 +59,7 @@ class K3sTrust(pulumi.ComponentResource):
         self.content_sha256 = public_digest(written.stdin)
         args.host.run(
             f"{name}-restart",
-            create=scripts.k3s_restart(args.service),
+            create=steps.k3s_restart(args.service),
             triggers=[self.content_sha256, args.service],
             parent=self,
             opts=pulumi.ResourceOptions(depends_on=[written, *args.after]),

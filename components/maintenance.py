@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 
 import pulumi
 
-from components import ops_render, render
 from components.host import Host
+from renderers.maintenance_install import maintenance_install, maintenance_remove
+from renderers.maintenance_script import MAINTENANCE_SCRIPT, MaintenanceSpec
+from renderers.registry_env import StorageSpec
+from renderers.retention_config import RetentionSpec
 
 TYPE = "registry:index:Maintenance"
 
@@ -36,11 +39,11 @@ class MaintenanceArgs:
     """Where backup archives go; never removed."""
     backup_keep: int
     """How many archives to keep."""
-    retention: ops_render.RetentionSpec = field(default_factory=ops_render.RetentionSpec)
+    retention: RetentionSpec = field(default_factory=RetentionSpec)
     """Tag retention inside the GC window (off by default)."""
     distribution: int = 2
     """Distribution's major version the image runs."""
-    storage: render.StorageSpec = field(default_factory=render.StorageSpec)
+    storage: StorageSpec = field(default_factory=StorageSpec)
     """The data directory or an S3-compatible bucket (no archive backups then)."""
     replicas: int = 1
     """Registry containers sharing the storage."""
@@ -58,8 +61,8 @@ class Maintenance(pulumi.ComponentResource):
     def __init__(self, name: str, args: MaintenanceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
         install_script = pulumi.Output.all(args.host.data_dir, args.upstream).apply(
-            lambda v: ops_render.maintenance_install(
-                ops_render.MaintenanceSpec(
+            lambda v: maintenance_install(
+                MaintenanceSpec(
                     container=args.container,
                     image=args.image,
                     port=args.port,
@@ -80,8 +83,8 @@ class Maintenance(pulumi.ComponentResource):
         install = args.host.run(
             f"{name}-install",
             create=install_script,
-            delete=ops_render.maintenance_remove(args.backup_dir),
+            delete=maintenance_remove(args.backup_dir),
             parent=self,
         )
-        self.script = install.create.apply(lambda _: ops_render.MAINTENANCE_SCRIPT)
+        self.script = install.create.apply(lambda _: MAINTENANCE_SCRIPT)
         self.register_outputs({"script": self.script})

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components import render, scripts
 from components.host import Host
+from renderers import registry_container as steps
+from renderers.registry_env import StorageSpec, render_registry_env
 
 TYPE = "registry:index:RegistryContainer"
 CONTAINER = "registry"
@@ -30,7 +31,7 @@ class RegistryArgs:
     """Distribution's major version the image runs."""
     replicas: int = 1
     """How many containers share the storage; 1 is the single container `registry`."""
-    storage: render.StorageSpec = render.StorageSpec()
+    storage: StorageSpec = StorageSpec()
     """The data directory or an S3-compatible bucket."""
     s3_access_key: pulumi.Input[str] = ""
     """S3 access key id (secret; S3 storage only)."""
@@ -42,7 +43,7 @@ class RegistryArgs:
 
 def upstream_address(port: int, replicas: int = 1) -> str:
     """Where Caddy reaches the registry: each replica's 127.0.0.1 address, separated by spaces."""
-    return " ".join(f"127.0.0.1:{p}" for p in scripts.replica_ports(port, replicas))
+    return " ".join(f"127.0.0.1:{p}" for p in steps.replica_ports(port, replicas))
 
 
 class RegistryContainer(pulumi.ComponentResource):
@@ -56,17 +57,17 @@ class RegistryContainer(pulumi.ComponentResource):
         ca_file = args.storage.ca_file if args.storage.s3 else None
         if args.replicas == 1:
             create = args.host.data_dir.apply(
-                lambda data_dir: scripts.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE, ca_file)
+                lambda data_dir: steps.registry_run(CONTAINER, args.image, args.port, data_dir, ENV_FILE, ca_file)
             )
         else:
             create = args.host.data_dir.apply(
-                lambda data_dir: scripts.registry_run_replicas(
+                lambda data_dir: steps.registry_run_replicas(
                     CONTAINER, args.image, args.port, args.replicas, data_dir, ENV_FILE, ca_file
                 )
             )
         # The env file (storage settings, the HTTP secret and the S3 credential) arrives on stdin only.
         env_file: pulumi.Output[str] = pulumi.Output.all(args.http_secret, args.s3_access_key, args.s3_secret_key).apply(
-            lambda v: render.render_registry_env(
+            lambda v: render_registry_env(
                 str(v[0]), storage=args.storage, distribution=args.distribution, s3_access_key=str(v[1] or ""),
                 s3_secret_key=str(v[2] or ""),
             )
@@ -76,7 +77,7 @@ class RegistryContainer(pulumi.ComponentResource):
             container = args.host.run(
                 f"{name}-container",
                 create=create,
-                delete=scripts.registry_remove(CONTAINER),
+                delete=steps.registry_remove(CONTAINER),
                 stdin=pulumi.Output.secret(env_file),
                 triggers=[args.image, args.port],
                 parent=self,
@@ -90,7 +91,7 @@ class RegistryContainer(pulumi.ComponentResource):
                 f"{name}-container",
                 create=create,
                 update=create,
-                delete=scripts.registry_remove_replicas(CONTAINER, args.port),
+                delete=steps.registry_remove_replicas(CONTAINER, args.port),
                 stdin=pulumi.Output.secret(env_file),
                 triggers=[args.port],
                 parent=self,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components import ops_render
 from components.host import Host
+from renderers.verify_script import VerifySpec, render_verify_script, verify_stdin
 
 TYPE = "registry:index:Verify"
 
@@ -49,11 +49,11 @@ class Verify(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: VerifyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        script = ops_render.render_verify_script(
-            ops_render.VerifySpec(domain=args.domain, ca_file=args.ca_file, k3s=args.k3s, allowlist=args.allowlist)
+        script = render_verify_script(
+            VerifySpec(domain=args.domain, ca_file=args.ca_file, k3s=args.k3s, allowlist=args.allowlist)
         )
         credentials = pulumi.Output.all(args.push_password, args.pull_password).apply(
-            lambda pw: ops_render.verify_stdin(args.push_user, pw[0], args.pull_user, pw[1])
+            lambda pw: verify_stdin(args.push_user, pw[0], args.pull_user, pw[1])
         )
         check = args.host.run(
             f"{name}-check",

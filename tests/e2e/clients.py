@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from components import ops_render
+from renderers.maintenance_script import MAINTENANCE_SCRIPT
 from tests.e2e.testhost import TestHost
 
 WORK = "/root/e2e"
@@ -47,7 +47,7 @@ class Clients:
 
     def maintenance(self, args: str, timeout: float) -> str:
         """registry-maintenance as the operator runs it (sudo, through SSH); fails the test if it fails."""
-        result = self.host.ssh(f"sudo -n {ops_render.MAINTENANCE_SCRIPT} {args}", check=False, timeout=timeout)
+        result = self.host.ssh(f"sudo -n {MAINTENANCE_SCRIPT} {args}", check=False, timeout=timeout)
         assert result.returncode == 0, f"registry-maintenance {args} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout + result.stderr
 

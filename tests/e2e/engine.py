@@ -27,8 +27,9 @@ PROJECT = "registry"
 TOOLCHAIN = ROOT / "scripts" / "toolchain.sh"
 # Settings that must be stored with --secret (the program wraps them either way).
 SECRET_KEYS = frozenset({"sshPrivateKey", "existingPushPassword", "kubeconfig", "s3AccessKey", "s3SecretKey"})
-# What a project folder needs from the repository: the program, its package and the dependency list.
-PROGRAM_FILES = ("__main__.py", "components", "requirements.txt")
+# What a project folder needs from the repository: the program, its packages, the files it ships to the host and the
+# dependency list.
+PROGRAM_FILES = ("__main__.py", "components", "renderers", "settings", "host", "requirements.txt")
 
 
 class EngineError(RuntimeError):

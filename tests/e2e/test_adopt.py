@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.render import dockerconfigjson
+from renderers.dockerconfigjson import dockerconfigjson
 from tests.e2e.clients import CERT_DIR, REGISTRY_CA_FILE, Clients, stack_config
 from tests.e2e.engine import Engine, Execution, Run
 from tests.e2e.stacks import EngineStack

@@ -23,8 +23,10 @@ from typing import Any
 
 import pytest
 
-from components import ops_render
-from components.render import MAINTENANCE_FLAG
+from renderers.caddyfile import MAINTENANCE_FLAG
+from renderers.maintenance_script import MAINTENANCE_SCRIPT
+from renderers.probe_image import PROBE_REPOSITORY
+from renderers.verify_script import curl_user_line
 from tests.e2e.clients import stack_config
 from tests.e2e.engine import Engine, Run
 from tests.e2e.stacks import EngineStack
@@ -263,8 +265,8 @@ def test_local_check_on_the_server_answers(net: Net) -> None:
 def test_site_answers_the_neighbour_on_443_with_auth(net: Net) -> None:
     neighbour, domain = net.lan.neighbour, net.clients.domain
     neighbour.sh("cat > /tmp/pebble-roots.pem", stdin=net.host.pebble_root())
-    push = ops_render.curl_user_line(net.exports["pushUsername"], net.exports["pushPassword"]) + "\n"
-    pull = ops_render.curl_user_line(net.exports["pullUsername"], net.exports["pullPassword"]) + "\n"
+    push = curl_user_line(net.exports["pushUsername"], net.exports["pushPassword"]) + "\n"
+    pull = curl_user_line(net.exports["pullUsername"], net.exports["pullPassword"]) + "\n"
     # Through its LAN address and through a bridge gateway reached over the route: a listener on every address of
     # the server answers the neighbour on both (so the registry's silence above is its binding, not the network).
     gateway = next(a for a in net.lan.server_addresses() if a != net.lan.server_ip)
@@ -275,7 +277,7 @@ def test_site_answers_the_neighbour_on_443_with_auth(net: Net) -> None:
         assert neighbour.http(url, *tls, stdin=push)[0] == "200", address
         assert neighbour.http(url, *tls, stdin=pull)[0] == "200", address
         status, body = neighbour.http(f"https://{domain}/v2/_catalog", *tls, stdin=pull)
-        assert status == "200" and ops_render.PROBE_REPOSITORY in json.loads(body)["repositories"], body
+        assert status == "200" and PROBE_REPOSITORY in json.loads(body)["repositories"], body
 
 
 # --- preflight -----------------------------------------------------------------------------------------------
@@ -312,7 +314,7 @@ def test_maintenance_window_keeps_the_networking(net: Net) -> None:
     sampler = subprocess.Popen(["docker", "exec", host.name, "sh", "-c", loop], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(0.5)
-        window = host.ssh(f"sudo -n {ops_render.MAINTENANCE_SCRIPT} backup", check=False, timeout=300)
+        window = host.ssh(f"sudo -n {MAINTENANCE_SCRIPT} backup", check=False, timeout=300)
         time.sleep(0.5)
     finally:
         host.exec(f"touch {stop}")

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
-from components import ops_render
-from components.render import MAINTENANCE_FLAG
+from renderers.caddyfile import MAINTENANCE_FLAG
+from renderers.maintenance_script import LOCK_FILE, MAINTENANCE_SCRIPT
+from renderers.probe_image import MANIFEST_TYPE
+from renderers.verify_script import curl_user_line
 from tests.e2e.clients import CERT_DIR, stack_config
 from tests.e2e.engine import Engine
 from tests.e2e.stacks import EngineStack
@@ -58,7 +60,7 @@ class Ops(EngineStack):
 
     def api(self, method: str, path: str) -> str:
         """HTTP status of a request with the push credential (on stdin) through the public name."""
-        config = ops_render.curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
+        config = curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
         how = "-I" if method == "HEAD" else f"-X {method}"  # curl -X HEAD would wait for a body
         return self.sh(
             f"curl -sS -K - {how} -o /dev/null -w '%{{http_code}}' --cacert {CERT_DIR}/ca.crt "
@@ -67,8 +69,8 @@ class Ops(EngineStack):
         ).strip()
 
     def api_json(self, path: str) -> Any:
-        config = ops_render.curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
-        accept = " ".join(f"-H {q('Accept: ' + t)}" for t in (ops_render.MANIFEST_TYPE, OCI_MANIFEST))
+        config = curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
+        accept = " ".join(f"-H {q('Accept: ' + t)}" for t in (MANIFEST_TYPE, OCI_MANIFEST))
         return json.loads(
             self.sh(
                 f"curl -fsS -K - {accept} --cacert {CERT_DIR}/ca.crt https://{q(self.clients.domain)}{q(path)}",
@@ -160,7 +162,7 @@ def test_maintenance_units_are_installed_and_enabled(ops: Ops) -> None:
     assert enabled == ["enabled"] * 3
     assert ops.sh("systemctl is-active registry-gc.timer registry-backup.timer").split() == ["active"] * 2
     assert "2099-01-01" in ops.sh("systemctl show -p TimersCalendar registry-gc.timer")
-    assert ops.sh(f"stat -c '%a %U' {ops_render.MAINTENANCE_SCRIPT} {BACKUPS}").split() == [
+    assert ops.sh(f"stat -c '%a %U' {MAINTENANCE_SCRIPT} {BACKUPS}").split() == [
         "755",
         "root",
         "700",
@@ -354,7 +356,7 @@ def test_a_window_cut_short_is_recovered_by_the_boot_unit(ops: Ops) -> None:
     auth = ops.push_authfile()
     # Kill the maintenance run (no exit trap runs on SIGKILL) once the registry is read-only: a reboot mid-window.
     ops.sh(
-        f"{ops_render.MAINTENANCE_SCRIPT} backup >/root/e2e/ops-cut.log 2>&1 & pid=$!; "
+        f"{MAINTENANCE_SCRIPT} backup >/root/e2e/ops-cut.log 2>&1 & pid=$!; "
         "until docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' registry 2>/dev/null "
         "| grep -q READONLY; do sleep 0.05; done; kill -9 $pid"
     )
@@ -362,7 +364,7 @@ def test_a_window_cut_short_is_recovered_by_the_boot_unit(ops: Ops) -> None:
     refused = ops.clients.push(ops.clients.make_image("ops-cut"), "ops/cut:1", auth, check=False)
     assert refused.returncode != 0 and "503 Service Unavailable" in refused.stderr, refused.stderr
     # Children of the killed run may still hold its lock for a moment.
-    ops.sh(f"for i in $(seq 100); do flock -n {ops_render.LOCK_FILE} true && break; sleep 0.2; done")
+    ops.sh(f"for i in $(seq 100); do flock -n {LOCK_FILE} true && break; sleep 0.2; done")
     ops.sh("systemctl start registry-maintenance-recover.service")
     assert "recovered" in ops.sh("journalctl -u registry-maintenance-recover.service -o cat --no-pager")
     assert not ops.read_only()
@@ -381,7 +383,7 @@ def test_destroy_removes_the_units_and_keeps_data_and_backups(ops: Ops) -> None:
     assert ops.stack.resources() == {}
     assert [e.ok for e in result.ran("maintenance-install")] == [True]
     left = ops.sh(
-        f"ls {ops_render.MAINTENANCE_SCRIPT} /etc/systemd/system/registry-gc.timer "
+        f"ls {MAINTENANCE_SCRIPT} /etc/systemd/system/registry-gc.timer "
         "/etc/systemd/system/registry-backup.service 2>/dev/null || true"
     )
     assert left.strip() == ""

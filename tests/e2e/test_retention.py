@@ -12,16 +12,22 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from components import ops_render, retention
-from components.render import MAINTENANCE_FLAG
+from renderers import shipped
+from renderers.caddyfile import MAINTENANCE_FLAG
+from renderers.verify_script import curl_user_line
 from tests.e2e.clients import CERT_DIR, stack_config
 from tests.e2e.engine import Engine
 from tests.e2e.test_operations import BACKUPS, DATA, NEVER, Ops, q
 from tests.e2e.testhost import TestHost
+
+if TYPE_CHECKING:  # the shipped file, by the name pyproject.toml's mypy_path gives it
+    import retention
+else:
+    retention = shipped.module(shipped.RETENTION)
 
 pytestmark = pytest.mark.e2e
 
@@ -104,7 +110,7 @@ class Retention(Ops):
 
     def manifest_status(self, repo: str, digest: str) -> str:
         """HTTP status of a HEAD for a manifest or index, accepting every type (an index not asked for is a 404)."""
-        config = ops_render.curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
+        config = curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
         accept = q("Accept: " + ", ".join(retention.MANIFEST_TYPES))
         return self.sh(
             f"curl -sS -K - -I -H {accept} -o /dev/null -w '%{{http_code}}' --cacert {CERT_DIR}/ca.crt "

@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from components import render
+from renderers.dockerconfigjson import dockerconfigjson
 from tests.e2e import engine as eng_mod
 from tests.e2e.clients import stack_config
 from tests.e2e.engine import Engine, Run
@@ -132,7 +132,7 @@ class Stack(EngineStack):
 
     def pull_config_json(self) -> str:
         """The pull-only credential from the stack outputs, as a Docker config (what k3s and Flux get)."""
-        return render.dockerconfigjson(self.host.domain, self.exports["pullUsername"], self.exports["pullPassword"])
+        return dockerconfigjson(self.host.domain, self.exports["pullUsername"], self.exports["pullPassword"])
 
     def recorded(self, name: str) -> dict[str, Any]:
         """A resource's state entry (inputs, outputs), secrets in clear."""
@@ -393,7 +393,7 @@ def test_interrupted_rotation_leaves_every_client_working_and_the_next_update_co
     new_password = stack.recorded("credentials-push")["outputs"]["result"]
     assert new_password != old["push"][1]
     new_push = c.authfile(
-        "interrupted-new-push", render.dockerconfigjson(stack.host.domain, old["push"][0], new_password)
+        "interrupted-new-push", dockerconfigjson(stack.host.domain, old["push"][0], new_password)
     )
     c.push("e2e/rotation-ci:1", "e2e/rotation-ci:interrupted-new", new_push)
     for user, password in old.values():

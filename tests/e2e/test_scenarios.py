@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from components import render
+from renderers.dockerconfigjson import dockerconfigjson
 from tests.e2e.clients import ProcessSampler, stack_config
 from tests.e2e.engine import Engine, Run
 from tests.e2e.stacks import EngineStack
@@ -58,7 +58,7 @@ class Stack(EngineStack):
 
     def authfiles(self, tag: str) -> dict[str, str]:
         """0600 authfiles on the host: push (the dockerConfigJson output) and pull-only (what k3s and Flux get)."""
-        pull = render.dockerconfigjson(self.host.domain, self.exports["pullUsername"], self.exports["pullPassword"])
+        pull = dockerconfigjson(self.host.domain, self.exports["pullUsername"], self.exports["pullPassword"])
         return {
             "push": self.clients.authfile(f"push-{tag}", self.exports["dockerConfigJson"]),
             "flux": self.clients.authfile(f"flux-{tag}", pull),

@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
-from components import ops_render, render
-from components.render import UPSTREAM_DIR, UPSTREAM_SLOTS
+from renderers.caddyfile import UPSTREAM_DIR, UPSTREAM_SLOTS
+from renderers.dockerconfigjson import dockerconfigjson
+from renderers.verify_script import curl_user_line
 from tests.e2e.clients import CERT_DIR, ProcessSampler, stack_config
 from tests.e2e.engine import Engine
 from tests.e2e.stacks import EngineStack
@@ -105,13 +106,13 @@ class Stack(EngineStack):
         return self.clients.authfile(f"storage-push-{self.variant.id}", self.exports["dockerConfigJson"])
 
     def pull_authfile(self) -> str:
-        config = render.dockerconfigjson(self.clients.domain, self.exports["pullUsername"], self.exports["pullPassword"])
+        config = dockerconfigjson(self.clients.domain, self.exports["pullUsername"], self.exports["pullPassword"])
         return self.clients.authfile(f"storage-pull-{self.variant.id}", config)
 
     def api(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
             accept: str | None = None) -> tuple[str, str]:  # fmt: skip
         """(HTTP status, body) of a request with the push credential (on stdin) through the public name."""
-        config = ops_render.curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
+        config = curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
         how = "-I" if method == "HEAD" else f"-X {method}"
         extra = ""
         if content_type:
@@ -132,7 +133,7 @@ class Stack(EngineStack):
 
     def upload_blob(self, repo: str, data: bytes) -> str:
         """POST an upload, PUT the blob with its digest (push credential, through the site); the PUT's status."""
-        config = ops_render.curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
+        config = curl_user_line(self.exports["pushUsername"], self.exports["pushPassword"]) + "\n"
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         self.clients.sh("cat > /tmp/e2e-storage-blob", stdin=data.decode())
         base = f"https://{self.clients.domain}"

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from components.config import SCHEMA, ConfigError, Settings, parse_settings
+from settings.load import parse_settings
+from settings.model import ConfigError, Settings
+from settings.schema import SCHEMA
 from tests.unit.support import HOST, PRIVATE_KEY, Programs
 
 BASE = {"host": HOST}

@@ -10,14 +10,11 @@ import bcrypt
 import pytest
 import yaml
 
-from components.render import (
-    SiteSpec,
-    basic_auth_value,
-    render_caddyfile,
-    render_registries_owned,
-    render_registry_env,
-    sha256,
-)
+from components.host import sha256
+from renderers.caddyfile import SiteSpec, render_caddyfile
+from renderers.dockerconfigjson import basic_auth_value
+from renderers.registries_yaml import render_registries_owned
+from renderers.registry_env import render_registry_env
 from tests.harness import ProgramRun, is_secret, reveal
 from tests.unit.support import (
     DOMAIN,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from renderers.caddy_site import caddy_site_settle
 from tests.harness import ROOT, ProgramRun
 from tests.unit.support import TYPICAL, Programs, shellcheck, tool
 
@@ -56,9 +57,7 @@ def test_every_script_sent_to_the_host_passes_shellcheck(
 
 def test_grace_period_scripts_pass_shellcheck(tmp_path: Path) -> None:
     """The site step during a grace period (only sent after a rotation) and the expiry script it installs."""
-    from components import scripts
-
-    settle = scripts.caddy_site_settle(
+    settle = caddy_site_settle(
         "/etc/caddy/Caddyfile", "/etc/caddy/sites/registry+1.caddy", "registry.example.test", "127.0.0.1:5000", 1_900_000_000
     )
     expire = settle.split("<<'REGISTRY_EXPIRE'\n", 1)[1].split("\nREGISTRY_EXPIRE\n", 1)[0]
@@ -75,7 +74,7 @@ def test_shellcheck_is_not_vacuous(tmp_path: Path) -> None:
 
 def test_ruff_is_clean() -> None:
     result = subprocess.run(
-        [tool("ruff"), "check", "--no-cache", "--output-format=concise", "__main__.py", "components", "tests"],
+        [tool("ruff"), "check", "--no-cache", "--output-format=concise", "."],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -84,7 +83,7 @@ def test_ruff_is_clean() -> None:
 @pytest.mark.slow
 def test_mypy_is_clean() -> None:
     result = subprocess.run(
-        [tool("mypy"), "__main__.py", "components", "tests"], cwd=ROOT, capture_output=True, text=True, check=False
+        [tool("mypy")], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from components import ops_render
-from components.ops_render import MaintenanceSpec
 from components.registry import CONTAINER, ENV_FILE
-from components.scripts import DRAIN_ENV, preflight, registry_docker_run, registry_listen_env, registry_run
+from renderers.maintenance_script import READ_ONLY_ENV, MaintenanceSpec, render_maintenance_script
+from renderers.preflight import preflight
+from renderers.registry_container import DRAIN_ENV, registry_docker_run, registry_listen_env, registry_run
 from tests.unit.support import TYPICAL, Programs, shellcheck
 from tests.unit.test_lint import sent_scripts
 
@@ -50,7 +50,7 @@ def test_listen_settings_bind_loopback_and_switch_the_debug_listener_off() -> No
 
 
 def test_window_settings_come_after_the_listen_settings_and_cannot_drop_them() -> None:
-    line = registry_docker_run(CONTAINER, "img", 5000, "/d", ENV_FILE, {**DRAIN_ENV, **ops_render.READ_ONLY_ENV})
+    line = registry_docker_run(CONTAINER, "img", 5000, "/d", ENV_FILE, {**DRAIN_ENV, **READ_ONLY_ENV})
     env = [a for a in shlex.split(line) if "=" in a and a.startswith("REGISTRY_")]
     assert env[:2] == ["REGISTRY_HTTP_ADDR=127.0.0.1:5000", "REGISTRY_HTTP_DEBUG_ADDR="]
     assert env[2:] == ["REGISTRY_HTTP_DRAINTIMEOUT=20s", 'REGISTRY_STORAGE_MAINTENANCE_READONLY={"enabled":true}']
@@ -63,7 +63,7 @@ def test_no_caller_can_change_where_the_registry_listens() -> None:
 
 def test_deploy_and_both_maintenance_launches_recreate_the_same_networking() -> None:
     deploy = registry_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
-    script = ops_render.render_maintenance_script(SPEC)
+    script = render_maintenance_script(SPEC)
     launches = [line for line in [*deploy.splitlines(), *script.splitlines()] if "docker run -d" in line]
     assert len(launches) == 3  # deploy, maintenance read-write, maintenance read-only
     for line in launches:

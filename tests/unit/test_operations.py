@@ -17,12 +17,23 @@ from typing import Any
 import pytest
 import yaml
 
-from components import ops_render
-from components.config import SCHEMA, ConfigError, parse_settings
-from components.ops_render import MaintenanceSpec, VerifySpec
 from components.registry import CONTAINER, ENV_FILE
-from components.render import MAINTENANCE_FLAG
-from components.scripts import DRAIN_ENV, registry_docker_run, registry_run
+from renderers.caddyfile import MAINTENANCE_FLAG
+from renderers.maintenance_install import _heredoc, maintenance_install, maintenance_remove
+from renderers.maintenance_script import (
+    LOCK_FILE,
+    MAINTENANCE_SCRIPT,
+    READ_ONLY_ENV,
+    MaintenanceSpec,
+    render_maintenance_script,
+)
+from renderers.probe_image import CONFIG_TYPE, LAYER_TYPE, MANIFEST_TYPE, probe_image, probe_platforms
+from renderers.registry_container import DRAIN_ENV, registry_docker_run, registry_run
+from renderers.retention_config import RetentionSpec
+from renderers.verify_script import VerifySpec, curl_user_line, render_verify_script, verify_stdin
+from settings.load import parse_settings
+from settings.model import ConfigError
+from settings.schema import SCHEMA
 from tests.harness import ROOT, ProgramRun, Registration, is_secret
 from tests.unit.support import DOMAIN, TYPICAL, Programs, exposed_strings, password, shellcheck
 
@@ -69,7 +80,7 @@ def heredoc_files(install: str) -> dict[str, str]:
 
 
 def test_maintenance_relaunches_the_container_exactly_as_the_program_creates_it() -> None:
-    script = ops_render.render_maintenance_script(SPEC)
+    script = render_maintenance_script(SPEC)
     program = registry_docker_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE, DRAIN_ENV)
     assert program in registry_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
     read_write = next(line for line in script.splitlines() if line.startswith("launch_read_write()"))
@@ -81,24 +92,24 @@ def test_maintenance_relaunches_the_container_exactly_as_the_program_creates_it(
 
 
 def test_deploys_and_maintenance_windows_share_one_lock() -> None:
-    assert f"exec 9>{ops_render.LOCK_FILE}" in registry_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
-    assert "flock" in ops_render.render_maintenance_script(SPEC)
+    assert f"exec 9>{LOCK_FILE}" in registry_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
+    assert "flock" in render_maintenance_script(SPEC)
 
 
 def test_read_only_switch_is_json_distribution_parses() -> None:
-    assert json.loads(ops_render.READ_ONLY_ENV["REGISTRY_STORAGE_MAINTENANCE_READONLY"]) == {"enabled": True}
+    assert json.loads(READ_ONLY_ENV["REGISTRY_STORAGE_MAINTENANCE_READONLY"]) == {"enabled": True}
 
 
 @pytest.mark.parametrize(("untagged", "flag"), [(False, ""), (True, " --delete-untagged")])
 def test_garbage_collect_uses_delete_untagged_only_when_asked(untagged: bool, flag: str) -> None:
-    script = ops_render.render_maintenance_script(MaintenanceSpec(**{**SPEC.__dict__, "gc_delete_untagged": untagged}))
+    script = render_maintenance_script(MaintenanceSpec(**{**SPEC.__dict__, "gc_delete_untagged": untagged}))
     gc = next(line for line in script.splitlines() if line.startswith("garbage_collect()"))
     assert gc == f'garbage_collect() {{ docker exec "$NAME" /bin/registry garbage-collect "$@"{flag} "$CONFIG"; }}'
     assert ("--delete-untagged" in script) is untagged
 
 
 def test_gc_runs_a_dry_run_first_inside_the_read_only_window() -> None:
-    body = ops_render.render_maintenance_script(SPEC)
+    body = render_maintenance_script(SPEC)
     gc = body[body.index("cmd_gc() {") : body.index("\n}\n", body.index("cmd_gc() {"))]
     steps = [line.strip() for line in gc.splitlines()]
     assert steps.index('open_window "garbage collection"') < steps.index("collect --dry-run") < steps.index("collect")
@@ -107,7 +118,7 @@ def test_gc_runs_a_dry_run_first_inside_the_read_only_window() -> None:
 
 
 def test_backup_is_taken_inside_the_window_and_renamed_only_once_it_reads_back() -> None:
-    body = ops_render.render_maintenance_script(SPEC)
+    body = render_maintenance_script(SPEC)
     backup = body[body.index("cmd_backup() {") : body.index("\n}\n", body.index("cmd_backup() {"))]
     order = [
         "open_window backup",
@@ -124,14 +135,14 @@ def test_backup_is_taken_inside_the_window_and_renamed_only_once_it_reads_back()
 
 def test_maintenance_settings_are_quoted_values_at_the_top() -> None:
     spec = MaintenanceSpec(**{**SPEC.__dict__, "data_dir": "/srv/data/registry@2", "backup_keep": 3})
-    script = ops_render.render_maintenance_script(spec)
+    script = render_maintenance_script(spec)
     assert script.startswith("#!/bin/sh\n")
     assert "\nDATA_DIR=/srv/data/registry@2\n" in script and "\nKEEP=3\n" in script
     assert f"\nFLAG={MAINTENANCE_FLAG}\n" in script
 
 
 def test_restore_never_deletes_the_current_data() -> None:
-    body = ops_render.render_maintenance_script(SPEC)
+    body = render_maintenance_script(SPEC)
     restore = body[body.index("cmd_restore() {") : body.index("\n}\n", body.index("cmd_restore() {"))]
     assert 'mv "$DATA_DIR/docker" "$aside/docker"' in restore
     removals = [line.strip() for line in restore.splitlines() if line.strip().startswith("rm ")]
@@ -139,7 +150,7 @@ def test_restore_never_deletes_the_current_data() -> None:
 
 
 def test_no_maintenance_script_line_removes_the_data_directory_or_backups_wholesale() -> None:
-    script = ops_render.render_maintenance_script(SPEC)
+    script = render_maintenance_script(SPEC)
     for line in script.splitlines():
         if "rm " in line:
             assert '"$DATA_DIR"' not in line.split("rm ", 1)[1] and '"$BACKUP_DIR"' not in line.split("rm ", 1)[1]
@@ -147,20 +158,20 @@ def test_no_maintenance_script_line_removes_the_data_directory_or_backups_wholes
 
 def test_maintenance_scripts_pass_shellcheck(tmp_path: Path) -> None:
     scripts = {
-        "maintenance": ops_render.render_maintenance_script(SPEC),
-        "maintenance-untagged": ops_render.render_maintenance_script(
+        "maintenance": render_maintenance_script(SPEC),
+        "maintenance-untagged": render_maintenance_script(
             MaintenanceSpec(**{**SPEC.__dict__, "gc_delete_untagged": True})
         ),
-        "install": ops_render.maintenance_install(SPEC, GC_SCHEDULE, BACKUP_SCHEDULE),
-        "install-disabled": ops_render.maintenance_install(SPEC, "", ""),
-        "remove": ops_render.maintenance_remove(SPEC.backup_dir),
+        "install": maintenance_install(SPEC, GC_SCHEDULE, BACKUP_SCHEDULE),
+        "install-disabled": maintenance_install(SPEC, "", ""),
+        "remove": maintenance_remove(SPEC.backup_dir),
     }
     shellcheck(tmp_path, scripts)
 
 
 def test_maintenance_script_runs_under_dash_syntax_check(tmp_path: Path) -> None:
     path = tmp_path / "m.sh"
-    path.write_text(ops_render.render_maintenance_script(SPEC))
+    path.write_text(render_maintenance_script(SPEC))
     assert subprocess.run(["sh", "-n", str(path)], capture_output=True, check=False).returncode == 0
 
 
@@ -168,8 +179,8 @@ def test_maintenance_script_runs_under_dash_syntax_check(tmp_path: Path) -> None
 
 
 def test_install_writes_script_services_and_both_timers() -> None:
-    files = heredoc_files(ops_render.maintenance_install(SPEC, GC_SCHEDULE, BACKUP_SCHEDULE))
-    assert files[ops_render.MAINTENANCE_SCRIPT] == ops_render.render_maintenance_script(SPEC)
+    files = heredoc_files(maintenance_install(SPEC, GC_SCHEDULE, BACKUP_SCHEDULE))
+    assert files[MAINTENANCE_SCRIPT] == render_maintenance_script(SPEC)
     gc_timer = unit(files["/etc/systemd/system/registry-gc.timer"])
     assert dict(gc_timer["Timer"]) == {"OnCalendar": GC_SCHEDULE, "Persistent": "true", "RandomizedDelaySec": "60"}
     assert gc_timer["Install"]["WantedBy"] == "timers.target"
@@ -185,7 +196,7 @@ def test_install_writes_script_services_and_both_timers() -> None:
 
 
 def test_install_checks_every_schedule_before_writing_anything() -> None:
-    install = ops_render.maintenance_install(SPEC, GC_SCHEDULE, BACKUP_SCHEDULE)
+    install = maintenance_install(SPEC, GC_SCHEDULE, BACKUP_SCHEDULE)
     lines = install.splitlines()
     checks = [i for i, line in enumerate(lines) if line.startswith("check_calendar ")]
     assert [lines[i] for i in checks] == [
@@ -198,7 +209,7 @@ def test_install_checks_every_schedule_before_writing_anything() -> None:
 
 
 def test_install_enables_and_restarts_timers_so_a_new_schedule_applies_at_once() -> None:
-    install = ops_render.maintenance_install(SPEC, GC_SCHEDULE, BACKUP_SCHEDULE)
+    install = maintenance_install(SPEC, GC_SCHEDULE, BACKUP_SCHEDULE)
     lines = install.splitlines()
     reload_at = lines.index("systemctl daemon-reload")
     for timer in ("registry-gc.timer", "registry-backup.timer"):
@@ -208,7 +219,7 @@ def test_install_enables_and_restarts_timers_so_a_new_schedule_applies_at_once()
 
 
 def test_empty_schedule_removes_that_timer_but_keeps_the_service() -> None:
-    install = ops_render.maintenance_install(SPEC, "", BACKUP_SCHEDULE)
+    install = maintenance_install(SPEC, "", BACKUP_SCHEDULE)
     files = heredoc_files(install)
     assert "/etc/systemd/system/registry-gc.timer" not in files
     assert "/etc/systemd/system/registry-gc.service" in files
@@ -221,7 +232,7 @@ def test_empty_schedule_removes_that_timer_but_keeps_the_service() -> None:
 
 
 def test_remove_takes_units_and_script_but_never_data_or_backups() -> None:
-    remove = ops_render.maintenance_remove("/srv/backups/registry")
+    remove = maintenance_remove("/srv/backups/registry")
     rm_lines = [line for line in remove.splitlines() if line.startswith("rm ")]
     assert len(rm_lines) == 1
     removed = shlex.split(rm_lines[0])[2:]
@@ -241,22 +252,22 @@ def test_remove_takes_units_and_script_but_never_data_or_backups() -> None:
 
 def test_heredoc_marker_in_content_is_refused() -> None:
     with pytest.raises(ValueError, match="here-document marker"):
-        ops_render._heredoc("a\nREGISTRY_OPS_FILE_END\nb", '"$tmp/0"')
+        _heredoc("a\nREGISTRY_OPS_FILE_END\nb", '"$tmp/0"')
 
 
 # --- the deploy check ------------------------------------------------------------------------------------------
 
 
 def test_probe_image_is_a_valid_single_layer_image() -> None:
-    for platform, probe in ops_render.probe_platforms().items():
+    for platform, probe in probe_platforms().items():
         manifest = json.loads(probe.manifest)
         config = json.loads(probe.config)
-        assert manifest["mediaType"] == ops_render.MANIFEST_TYPE
+        assert manifest["mediaType"] == MANIFEST_TYPE
         assert manifest["config"] == {
-            "mediaType": ops_render.CONFIG_TYPE, "size": len(probe.config), "digest": probe.config_digest,
+            "mediaType": CONFIG_TYPE, "size": len(probe.config), "digest": probe.config_digest,
         }
         assert manifest["layers"] == [
-            {"mediaType": ops_render.LAYER_TYPE, "size": len(probe.layer), "digest": probe.layer_digest}
+            {"mediaType": LAYER_TYPE, "size": len(probe.layer), "digest": probe.layer_digest}
         ]
         assert probe.config_digest == "sha256:" + hashlib.sha256(probe.config).hexdigest()
         raw = gzip.decompress(probe.layer)
@@ -267,8 +278,8 @@ def test_probe_image_is_a_valid_single_layer_image() -> None:
 
 
 def test_probe_image_is_the_same_bytes_every_run() -> None:
-    assert ops_render.probe_image("amd64") == ops_render.probe_image("amd64")
-    assert ops_render.probe_image("amd64").config_digest != ops_render.probe_image("arm64").config_digest
+    assert probe_image("amd64") == probe_image("amd64")
+    assert probe_image("amd64").config_digest != probe_image("arm64").config_digest
 
 
 @pytest.mark.parametrize(
@@ -279,17 +290,17 @@ def test_probe_image_is_the_same_bytes_every_run() -> None:
     ],
 )
 def test_credentials_are_curl_config_lines(password: str, line: str) -> None:
-    assert ops_render.curl_user_line("robot_user", password) == line
+    assert curl_user_line("robot_user", password) == line
 
 
 def test_verify_stdin_holds_push_then_pull() -> None:
-    assert ops_render.verify_stdin("robot_user", "P1", "k3s_pull", "P2") == (
+    assert verify_stdin("robot_user", "P1", "k3s_pull", "P2") == (
         'user = "robot_user:P1"\nuser = "k3s_pull:P2"\n'
     )
 
 
 def test_verify_script_checks_every_promise_of_the_site() -> None:
-    script = ops_render.render_verify_script(VerifySpec(domain=DOMAIN))
+    script = render_verify_script(VerifySpec(domain=DOMAIN))
     assert f"REGISTRY={DOMAIN}\n" in script and 'BASE="https://$REGISTRY"' in script
     wanted = {
         "anonymous GET /v2/ is challenged": "401 anon GET",
@@ -305,7 +316,7 @@ def test_verify_script_checks_every_promise_of_the_site() -> None:
 
 
 def test_verify_pulls_through_k3s_crictl_only_when_k3s_trusts_the_registry() -> None:
-    with_k3s = ops_render.render_verify_script(VerifySpec(domain=DOMAIN, k3s=True))
+    with_k3s = render_verify_script(VerifySpec(domain=DOMAIN, k3s=True))
     assert "K3S=yes\n" in with_k3s
     assert 'out=$(k3s crictl pull "$ref" 2>&1)' in with_k3s
     # crictl reads the credential from registries.yaml; `ctr --user` would need it on the command line.
@@ -313,13 +324,13 @@ def test_verify_pulls_through_k3s_crictl_only_when_k3s_trusts_the_registry() -> 
 
 
 def test_verify_trusts_the_registry_ca_file_when_set() -> None:
-    assert "curl_tls() { curl \"$@\"; }" in ops_render.render_verify_script(VerifySpec(domain=DOMAIN))
-    with_ca = ops_render.render_verify_script(VerifySpec(domain=DOMAIN, ca_file="/etc/rancher/k3s/ca 1.pem"))
+    assert "curl_tls() { curl \"$@\"; }" in render_verify_script(VerifySpec(domain=DOMAIN))
+    with_ca = render_verify_script(VerifySpec(domain=DOMAIN, ca_file="/etc/rancher/k3s/ca 1.pem"))
     assert "curl_tls() { curl --cacert '/etc/rancher/k3s/ca 1.pem' \"$@\"; }" in with_ca
 
 
 def test_verify_reads_credentials_from_stdin_and_never_passes_them_as_arguments() -> None:
-    script = ops_render.render_verify_script(VerifySpec(domain=DOMAIN, k3s=True))
+    script = render_verify_script(VerifySpec(domain=DOMAIN, k3s=True))
     assert "IFS= read -r push_auth" in script and "IFS= read -r pull_auth" in script
     # printf is a shell builtin: the credential goes down the pipe into `curl -K -`, never into an argv.
     assert "printf '%s\\n' \"$push_auth\" ;;" in script and "-K -" in script
@@ -333,7 +344,7 @@ def test_verify_reads_credentials_from_stdin_and_never_passes_them_as_arguments(
     ids=["plain", "every-option"],
 )
 def test_verify_script_passes_shellcheck(tmp_path: Path, spec: VerifySpec) -> None:
-    shellcheck(tmp_path, {"verify": ops_render.render_verify_script(spec)})
+    shellcheck(tmp_path, {"verify": render_verify_script(spec)})
 
 
 def _fake_tools(tmp_path: Path, codes: dict[str, str]) -> Path:
@@ -363,10 +374,10 @@ def _fake_tools(tmp_path: Path, codes: dict[str, str]) -> Path:
 
 def _run_verify(tmp_path: Path, codes: dict[str, str], k3s: bool = True) -> subprocess.CompletedProcess[str]:
     bin_dir = _fake_tools(tmp_path, codes)
-    script = ops_render.render_verify_script(VerifySpec(domain=DOMAIN, k3s=k3s, deadline_seconds=0))
+    script = render_verify_script(VerifySpec(domain=DOMAIN, k3s=k3s, deadline_seconds=0))
     return subprocess.run(
         ["sh", "-c", script],
-        input=ops_render.verify_stdin("robot_user", "SECRET-push-pw", "k3s_pull", "SECRET-pull-pw"),
+        input=verify_stdin("robot_user", "SECRET-push-pw", "k3s_pull", "SECRET-pull-pw"),
         capture_output=True,
         text=True,
         env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
@@ -522,7 +533,7 @@ def test_verify_credentials_travel_on_secret_stdin_only(typical: ProgramRun) -> 
     check = typical.named("verify-check")
     push, pull = password(typical, "credentials-push"), password(typical, "credentials-pull")
     assert is_secret(check.inputs["stdin"])
-    assert check.value("stdin") == ops_render.verify_stdin("robot_user", push, "k3s_pull", pull)
+    assert check.value("stdin") == verify_stdin("robot_user", push, "k3s_pull", pull)
     assert check.value("logging") == "none"
     assert {"stdout", "stderr"} <= set(check.additional_secret_outputs)
     for path, text in exposed_strings(check.inputs):
@@ -539,7 +550,7 @@ def test_no_operations_command_carries_a_password(typical: ProgramRun) -> None:
 
 
 def test_verify_script_is_rendered_for_this_stack(typical: ProgramRun) -> None:
-    expected = ops_render.render_verify_script(VerifySpec(domain=DOMAIN, k3s=True, allowlist=True))
+    expected = render_verify_script(VerifySpec(domain=DOMAIN, k3s=True, allowlist=True))
     assert _script(typical.named("verify-check")) == expected
 
 
@@ -549,12 +560,12 @@ def test_maintenance_install_follows_the_registry_container(typical: ProgramRun)
     assert install.parent == typical.named("maintenance").urn
     assert install.inputs.get("stdin") is None  # nothing secret in it: it logs normally
     settings = parse_settings(TYPICAL)
-    retention = ops_render.RetentionSpec(
+    retention = RetentionSpec(
         rules=settings.retention_rules, keep_tags=settings.retention_keep_tags, k3s=True
     )
     spec = MaintenanceSpec(**{**SPEC.__dict__, "retention": retention})
-    assert _script(install) == ops_render.maintenance_install(spec, GC_SCHEDULE, BACKUP_SCHEDULE)
-    assert _script(install, "delete") == ops_render.maintenance_remove("/srv/backups/registry")
+    assert _script(install) == maintenance_install(spec, GC_SCHEDULE, BACKUP_SCHEDULE)
+    assert _script(install, "delete") == maintenance_remove("/srv/backups/registry")
 
 
 def test_maintenance_follows_the_settings(programs: Programs) -> None:
@@ -563,7 +574,7 @@ def test_maintenance_follows_the_settings(programs: Programs) -> None:
     )
     files = heredoc_files(_script(run.named("maintenance-install")))
     assert "/etc/systemd/system/registry-gc.timer" not in files
-    script = files[ops_render.MAINTENANCE_SCRIPT]
+    script = files[MAINTENANCE_SCRIPT]
     assert "\nBACKUP_DIR=/var/backups/reg\n" in script and "\nKEEP=3\n" in script and "--delete-untagged" in script
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import SCHEMA, Settings, parse_settings
+from settings.load import parse_settings
+from settings.model import Settings
+from settings.schema import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
@@ -119,3 +121,22 @@ def test_toolchain_refuses_a_missing_archive_naming_it(tmp_path: Path) -> None:
 def test_toolchain_refuses_a_folder_that_does_not_exist(tmp_path: Path) -> None:
     proc = _verify(tmp_path / "nowhere")
     assert proc.returncode != 0 and "REGTEST_PULUMI_SOURCES" in proc.stderr, proc.stderr
+
+
+def test_an_engine_project_folder_links_every_package_the_program_imports_and_the_shipped_files() -> None:
+    """tests/e2e/engine.py builds each stack's project folder from PROGRAM_FILES: a package missing there breaks
+    every real-engine run with an ImportError the unit tier would never see."""
+    import ast
+
+    from tests.e2e.engine import PROGRAM_FILES
+
+    local = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()}
+    imported: set[str] = set()
+    for source in [ROOT / "__main__.py", *ROOT.glob("components/*.py"), *ROOT.glob("renderers/*.py"), *ROOT.glob("settings/*.py")]:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+    assert {"components", "renderers", "settings"} <= imported & local <= set(PROGRAM_FILES)
+    assert "host" in PROGRAM_FILES and (ROOT / "host").is_dir()

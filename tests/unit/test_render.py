@@ -23,19 +23,18 @@ import bcrypt
 import pytest
 import yaml
 
-from components.render import (
+from components.host import sha256
+from renderers.caddyfile import (
     UPSTREAM_DIR,
     UPSTREAM_SLOTS,
     SiteSpec,
-    basic_auth_value,
     basic_prefix_regexp,
-    dockerconfigjson,
     maintenance_error,
     render_caddyfile,
-    render_registries_yaml,
-    render_registry_env,
-    sha256,
 )
+from renderers.dockerconfigjson import basic_auth_value, dockerconfigjson
+from renderers.registries_yaml import render_registries_yaml
+from renderers.registry_env import render_registry_env
 from tests.unit.support import DOMAIN, free_port, tool
 
 PUSH_USER, PUSH_PASSWORD = "robot_user", "PushPassw0rdForUnitTestsOnly0001"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.scripts import GRACE_SEPARATOR, HANDOVER_SEPARATOR
+from renderers.caddy_site import GRACE_SEPARATOR, HANDOVER_SEPARATOR, _with_stdin_part, handover_stdin
 from tests.harness import ProgramRun, contains_unknown, is_secret, reveal
 from tests.unit.support import TYPICAL, Programs, generated, password
 
@@ -204,10 +204,9 @@ def test_first_preview_shows_the_host_scripts(preview: ProgramRun, first: Progra
 def test_the_handover_step_runs_its_script_on_one_part_of_its_stdin(part: int) -> None:
     import subprocess
 
-    from components import scripts
 
-    stdin = scripts.handover_stdin("site A\nwith both\n", "site B\nsettled\n")
+    stdin = handover_stdin("site A\nwith both\n", "site B\nsettled\n")
     out = subprocess.run(
-        ["sh", "-c", scripts._with_stdin_part(part, "cat\n")], input=stdin, capture_output=True, text=True, check=True
+        ["sh", "-c", _with_stdin_part(part, "cat\n")], input=stdin, capture_output=True, text=True, check=True
     ).stdout
     assert out == ("site A\nwith both\n" if part == 0 else "site B\nsettled\n")

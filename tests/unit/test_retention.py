@@ -9,17 +9,37 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from components import ops_render, retention
-from components.config import SEMVER_TAG, ConfigError, parse_settings
-from components.ops_render import MaintenanceSpec, RetentionSpec
 from components.registry import CONTAINER, ENV_FILE
-from components.retention import Policy, Rule, Tag, parse_created, parse_crictl_images, plan_repository
+from renderers import shipped
+from renderers.maintenance_install import maintenance_install, maintenance_remove
+from renderers.maintenance_script import MAINTENANCE_SCRIPT, MaintenanceSpec, render_maintenance_script
+from renderers.retention_config import (
+    RETENTION_CONFIG,
+    RETENTION_SCRIPT,
+    RetentionSpec,
+    render_retention_config,
+    retention_script,
+)
+from settings.load import parse_settings
+from settings.model import SEMVER_TAG, ConfigError
 from tests.unit.support import TYPICAL, Programs, shellcheck
 from tests.unit.test_operations import _script, heredoc_files
+
+if TYPE_CHECKING:  # the shipped files, by the names pyproject.toml's mypy_path gives them
+    import retention
+else:
+    retention = shipped.module(shipped.RETENTION)
+
+Policy = retention.Policy
+Rule = retention.Rule
+Tag = retention.Tag
+parse_created = retention.parse_created
+parse_crictl_images = retention.parse_crictl_images
+plan_repository = retention.plan_repository
 
 DEFAULT_KEEP = (SEMVER_TAG, "latest")
 DAY = 86400.0
@@ -294,13 +314,14 @@ SPEC = MaintenanceSpec(
 )
 
 
+
 def _function(script: str, name: str) -> list[str]:
     body = script[script.index(f"{name}() {{") : script.index("\n}\n", script.index(f"{name}() {{"))]
     return [line.strip() for line in body.splitlines()]
 
 
 def test_gc_deletes_tags_while_caddy_refuses_writes_and_before_the_registry_goes_read_only() -> None:
-    steps = _function(ops_render.render_maintenance_script(SPEC), "cmd_gc")
+    steps = _function(render_maintenance_script(SPEC), "cmd_gc")
     order = [
         "take_lock",
         'refuse_writes "tag retention and garbage collection"',
@@ -315,7 +336,7 @@ def test_gc_deletes_tags_while_caddy_refuses_writes_and_before_the_registry_goes
 
 
 def test_retention_talks_to_the_registry_on_loopback_not_through_the_site() -> None:
-    config = json.loads(ops_render.render_retention_config(SPEC))
+    config = json.loads(render_retention_config(SPEC))
     assert config["registry"] == "http://127.0.0.1:5000"
     assert config == {
         "enabled": True, "registry": "http://127.0.0.1:5000", "data_dir": "/srv/data/registry",
@@ -326,44 +347,44 @@ def test_retention_talks_to_the_registry_on_loopback_not_through_the_site() -> N
 
 def test_retention_is_skipped_in_gc_when_off_but_the_preview_stays() -> None:
     off = MaintenanceSpec(**{**SPEC.__dict__, "retention": RetentionSpec()})
-    script = ops_render.render_maintenance_script(off)
-    assert "\nRETENTION=off\n" in script and "\nRETENTION=on\n" in ops_render.render_maintenance_script(SPEC)
+    script = render_maintenance_script(off)
+    assert "\nRETENTION=off\n" in script and "\nRETENTION=on\n" in render_maintenance_script(SPEC)
     assert "retention) shift; cmd_retention" in script
-    assert json.loads(ops_render.render_retention_config(off))["enabled"] is False
-    assert json.loads(ops_render.render_retention_config(off))["k3s"] == "if-present"
+    assert json.loads(render_retention_config(off))["enabled"] is False
+    assert json.loads(render_retention_config(off))["k3s"] == "if-present"
 
 
 def test_retention_command_only_previews() -> None:
-    steps = _function(ops_render.render_maintenance_script(SPEC), "cmd_retention")
+    steps = _function(render_maintenance_script(SPEC), "cmd_retention")
     assert steps[-1] == "retention --dry-run"
     assert not any("refuse_writes" in s or "open_window" in s for s in steps)
 
 
 def test_install_ships_the_retention_program_verbatim_and_its_settings() -> None:
-    files = heredoc_files(ops_render.maintenance_install(SPEC, "Sun *-*-* 03:00:00", ""))
-    assert files[ops_render.RETENTION_SCRIPT] == Path(retention.__file__).read_text()
-    assert files[ops_render.RETENTION_CONFIG] == ops_render.render_retention_config(SPEC)
-    remove = ops_render.maintenance_remove("/srv/backups/registry")
+    files = heredoc_files(maintenance_install(SPEC, "Sun *-*-* 03:00:00", ""))
+    assert files[RETENTION_SCRIPT] == shipped.text(shipped.RETENTION)
+    assert files[RETENTION_CONFIG] == render_retention_config(SPEC)
+    remove = maintenance_remove("/srv/backups/registry")
     removed = shlex.split(next(line for line in remove.splitlines() if line.startswith("rm ")))
-    assert ops_render.RETENTION_SCRIPT in removed and ops_render.RETENTION_CONFIG in removed
+    assert RETENTION_SCRIPT in removed and RETENTION_CONFIG in removed
 
 
 def test_scripts_with_retention_pass_shellcheck(tmp_path: Path) -> None:
     shellcheck(tmp_path, {
-        "maintenance": ops_render.render_maintenance_script(SPEC),
-        "install": ops_render.maintenance_install(SPEC, "Sun *-*-* 03:00:00", "*-*-* 02:30:00"),
+        "maintenance": render_maintenance_script(SPEC),
+        "install": maintenance_install(SPEC, "Sun *-*-* 03:00:00", "*-*-* 02:30:00"),
     })
 
 
 def test_the_shipped_program_runs_under_the_host_python_alone(tmp_path: Path) -> None:
     # No import from this repository: the host has only the one file.
-    (tmp_path / "retention.py").write_text(ops_render.retention_script())
+    (tmp_path / "retention.py").write_text(retention_script())
     result = subprocess.run(
         [sys.executable, "-I", str(tmp_path / "retention.py"), "--help"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "--dry-run" in result.stdout
-    imports = re.findall(r"^(?:from|import) (\S+)", ops_render.retention_script(), re.M)
+    imports = re.findall(r"^(?:from|import) (\S+)", retention_script(), re.M)
     assert not [m for m in imports if m.split(".")[0] in ("components", "pulumi", "yaml", "tests")]
 
 
@@ -376,10 +397,10 @@ def test_retention_settings_reach_the_host(programs: Programs) -> None:
         "retentionProtect": json.dumps(["sha256:" + "1" * 64]),
     })
     files = heredoc_files(_script(run.named("maintenance-install")))
-    config = json.loads(files[ops_render.RETENTION_CONFIG])
+    config = json.loads(files[RETENTION_CONFIG])
     assert config["enabled"] is True and config["rules"] == [{"repositories": "ruby-demo-app", "keep": 5}]
     assert config["protect"] == ["sha256:" + "1" * 64] and config["k3s"] == "required"
-    assert "\nRETENTION=on\n" in files[ops_render.MAINTENANCE_SCRIPT]
+    assert "\nRETENTION=on\n" in files[MAINTENANCE_SCRIPT]
     assert "python3 is not installed" in _script(run.named("host-preflight"))
 
 
@@ -387,7 +408,7 @@ def test_retention_off_still_installs_the_preview(programs: Programs) -> None:
     # (python3 is checked by preflight either way: the registries.yaml merge and the Caddy takeover need it too.)
     run = programs.ok(TYPICAL)
     files = heredoc_files(_script(run.named("maintenance-install")))
-    assert json.loads(files[ops_render.RETENTION_CONFIG])["enabled"] is False
+    assert json.loads(files[RETENTION_CONFIG])["enabled"] is False
 
 
 def test_the_install_command_stays_well_under_the_kernels_single_argument_limit(programs: Programs) -> None:

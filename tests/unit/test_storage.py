@@ -8,20 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from components import ops_render
-from components.config import ConfigError, image_major_version, parse_settings
-from components.ops_render import MaintenanceSpec
 from components.registry import CONTAINER, ENV_FILE, upstream_address
-from components.render import S3_CA_IN_CONTAINER, UPSTREAM_DIR, StorageSpec, render_registry_env
-from components.scripts import (
+from renderers.caddyfile import UPSTREAM_DIR
+from renderers.maintenance_install import maintenance_files, maintenance_install
+from renderers.maintenance_script import READ_ONLY_ENV, MaintenanceSpec, render_maintenance_script
+from renderers.preflight import preflight
+from renderers.registry_container import (
     DRAIN_ENV,
     REPLICA_SETTLE_SECONDS,
-    preflight,
     registry_docker_run,
     registry_remove_replicas,
     registry_run,
     registry_run_replicas,
 )
+from renderers.registry_env import S3_CA_IN_CONTAINER, StorageSpec, render_registry_env
+from settings.load import parse_settings
+from settings.model import ConfigError, image_major_version
 from tests.harness import run_program
 from tests.unit.support import TYPICAL, exposed_strings, shellcheck
 
@@ -164,27 +166,27 @@ def test_the_s3_credential_reaches_the_host_only_as_secret_stdin() -> None:
 
 
 def test_distribution_3_gc_reads_the_image_config_where_registry_3_keeps_it() -> None:
-    script = ops_render.render_maintenance_script(SPEC)
+    script = render_maintenance_script(SPEC)
     assert "CONFIG=/etc/distribution/config.yml" in script
-    two = ops_render.render_maintenance_script(MaintenanceSpec(**{**SPEC.__dict__, "distribution": 2}))
+    two = render_maintenance_script(MaintenanceSpec(**{**SPEC.__dict__, "distribution": 2}))
     assert "CONFIG=/etc/docker/registry/config.yml" in two
 
 
 def test_with_s3_backups_are_the_store_s_job_and_restore_refuses() -> None:
-    script = ops_render.render_maintenance_script(SPEC)
+    script = render_maintenance_script(SPEC)
     assert "STORAGE='S3 bucket reg/r at http://127.0.0.1:8333 (region garage)'" in script
     backup = script[script.index("cmd_backup() {"):script.index("cmd_restore() {")]
     assert backup.splitlines()[1].lstrip().startswith('[ "$STORAGE" = filesystem ] || s3_only')
-    install = ops_render.maintenance_install(SPEC, "Sun *-*-* 03:00:00", "*-*-* 02:30:00")
-    assert "registry-backup.timer" not in "".join(f.path for f in ops_render.maintenance_files(SPEC, "x", ""))
+    install = maintenance_install(SPEC, "Sun *-*-* 03:00:00", "*-*-* 02:30:00")
+    assert "registry-backup.timer" not in "".join(f.path for f in maintenance_files(SPEC, "x", ""))
     assert "registry-backup.timer is not installed: with S3 storage the store backs the data up" in install
     assert "systemctl enable registry-backup.timer" not in install
-    fs = ops_render.maintenance_install(MaintenanceSpec(**{**SPEC.__dict__, "storage": StorageSpec()}), "daily", "daily")
+    fs = maintenance_install(MaintenanceSpec(**{**SPEC.__dict__, "storage": StorageSpec()}), "daily", "daily")
     assert "systemctl enable registry-backup.timer" in fs
 
 
 def test_the_s3_maintenance_script_passes_shellcheck(tmp_path: Path) -> None:
-    shellcheck(tmp_path, {"maintenance-s3": ops_render.render_maintenance_script(SPEC)})
+    shellcheck(tmp_path, {"maintenance-s3": render_maintenance_script(SPEC)})
 
 
 # --- replicas ------------------------------------------------------------------------------------------------------
@@ -245,17 +247,17 @@ def test_removing_the_replicas_moves_the_slots_to_the_first_then_stops_it_last()
 
 
 def test_the_maintenance_window_makes_every_replica_read_only_one_at_a_time() -> None:
-    script = ops_render.render_maintenance_script(REPLICAS)
+    script = render_maintenance_script(REPLICAS)
     assert "REPLICAS='registry:5000 registry-2:5001 registry-3:5002'" in script
     read_only = next(line for line in script.splitlines() if line.startswith("launch_read_only()"))
     for name, port in (("registry", 5000), ("registry-2", 5001), ("registry-3", 5002)):
         case = read_only.split(f" {name}) ", 1)[1].split(" ;;", 1)[0]
         assert case == registry_docker_run(
-            name, "registry:3", port, "/srv/data/registry", ENV_FILE, {**DRAIN_ENV, **ops_render.READ_ONLY_ENV}
+            name, "registry:3", port, "/srv/data/registry", ENV_FILE, {**DRAIN_ENV, **READ_ONLY_ENV}
         )
     relaunch = script[script.index("relaunch() {"):script.index("remove_all() {")]
     assert 'for replica in $REPLICAS; do' in relaunch and 'wait_ready "$name" "$port"' in relaunch
-    single = ops_render.render_maintenance_script(SPEC)
+    single = render_maintenance_script(SPEC)
     assert "REPLICAS=registry:5000" in single
 
 
@@ -273,7 +275,7 @@ def test_replica_and_s3_scripts_pass_shellcheck(tmp_path: Path) -> None:
     shellcheck(tmp_path, {
         "run-replicas": registry_run_replicas(CONTAINER, "registry:3", 5000, 3, "/d", ENV_FILE, "/etc/ssl/ca.pem"),
         "remove-replicas": registry_remove_replicas(CONTAINER, 5000),
-        "maintenance-replicas": ops_render.render_maintenance_script(REPLICAS),
+        "maintenance-replicas": render_maintenance_script(REPLICAS),
         "preflight-replicas": preflight(False, "k3s", registry_port=5000, container=CONTAINER, data_dir="/d",
                                         domain="r.example.com", caddyfile="/c", registries_file=None, replicas=3),
     })  # fmt: skip

@@ -6,18 +6,31 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bcrypt
 import pytest
 import yaml
 
-from components import scripts
-from components.host_tools import caddy_takeover, registries_merge
-from components.host_tools.caddy_takeover import TakeoverError, take_over
-from components.host_tools.registries_merge import MergeError, merge
-from components.render import registries_entries, render_registries_yaml
+from renderers import shipped
+from renderers.caddy_site import caddy_site_install
+from renderers.k3s_trust import trust_file_remove, trust_file_write
+from renderers.preflight import takeover_notice
+from renderers.registries_yaml import registries_entries, render_registries_yaml
 from tests.harness import ProgramRun
 from tests.unit.support import DOMAIN, TYPICAL, Programs, password, tool
+
+if TYPE_CHECKING:  # the shipped files, by the names pyproject.toml's mypy_path gives them
+    import caddy_takeover
+    import registries_merge
+else:
+    caddy_takeover = shipped.module(shipped.CADDY_TAKEOVER)
+    registries_merge = shipped.module(shipped.REGISTRIES_MERGE)
+
+TakeoverError = caddy_takeover.TakeoverError
+take_over = caddy_takeover.take_over
+MergeError = registries_merge.MergeError
+merge = registries_merge.merge
 
 OWNED = registries_entries(DOMAIN, "k3s_pull", 'p"w:1 #x', "/etc/rancher/k3s/registry-ca.pem")
 
@@ -129,7 +142,7 @@ def test_trust_file_script_merges_writes_0600_and_leaves_a_restart_pending_only_
     path.write_text(HAND_MADE)
     path.chmod(0o644)
     owned = registries_merge.json.dumps(OWNED)
-    first = _run_tool_script(scripts.trust_file_write(str(path)), tmp_path, owned)
+    first = _run_tool_script(trust_file_write(str(path)), tmp_path, owned)
     assert first.returncode == 0, first.stderr
     assert "registries.yaml written" in first.stdout
     assert path.stat().st_mode & 0o777 == 0o600
@@ -137,9 +150,9 @@ def test_trust_file_script_merges_writes_0600_and_leaves_a_restart_pending_only_
     pending = tmp_path / "run" / "k3s-restart-pending"
     assert pending.exists()
     pending.unlink()
-    again = _run_tool_script(scripts.trust_file_write(str(path)), tmp_path, owned)
+    again = _run_tool_script(trust_file_write(str(path)), tmp_path, owned)
     assert "registries.yaml unchanged" in again.stdout and not pending.exists()
-    removed = _run_tool_script(scripts.trust_file_remove(str(path), DOMAIN), tmp_path)
+    removed = _run_tool_script(trust_file_remove(str(path), DOMAIN), tmp_path)
     assert removed.returncode == 0, removed.stderr
     assert DOMAIN not in yaml.safe_load(path.read_text())["configs"]
     assert list(tmp_path.glob("registries.yaml.*")) == []  # no temporary file left
@@ -218,6 +231,7 @@ def test_other_addresses_are_not_taken_over(address: str) -> None:
         (f"{DOMAIN} {{\n\trespond hi\n", "unbalanced braces"),
     ],
 )
+
 def test_shapes_it_cannot_edit_safely_are_refused(text: str, message: str) -> None:
     with pytest.raises(TakeoverError, match=message):
         take_over(text, DOMAIN, IMPORT, BACKUP)
@@ -241,8 +255,8 @@ def test_the_taken_over_caddyfile_validates_with_the_programs_site(tmp_path: Pat
 
 
 def test_install_script_carries_the_takeover_tool_and_keeps_a_dated_backup() -> None:
-    script = scripts.caddy_site_install("/etc/caddy/Caddyfile", "/etc/caddy/registry.caddy", DOMAIN, "127.0.0.1:5000")
-    assert (Path(caddy_takeover.__file__).read_text().rstrip() + "\nEND_OF_CADDY_TAKEOVER") in script
+    script = caddy_site_install("/etc/caddy/Caddyfile", "/etc/caddy/registry.caddy", DOMAIN, "127.0.0.1:5000")
+    assert (shipped.text(shipped.CADDY_TAKEOVER).rstrip() + "\nEND_OF_CADDY_TAKEOVER") in script
     assert 'backup="$main.$(date -u +%Y%m%d-%H%M%S).bak"' in script
     assert script.count("caddy validate --adapter") == 1 and script.count("systemctl reload caddy") == 1
 
@@ -288,16 +302,16 @@ def test_without_the_setting_the_push_password_is_generated(programs: Programs) 
 
 
 def test_the_preview_notice_says_what_a_first_update_takes_over() -> None:
-    notice = scripts.takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", "/etc/rancher/k3s/registries.yaml")
+    notice = takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", "/etc/rancher/k3s/registries.yaml")
     assert "a container named registry is replaced" in notice
     assert f"an inline site for {DOMAIN} in /etc/caddy/Caddyfile is replaced" in notice
     assert "Caddyfile.YYYYMMDD-HHMMSS.bak" in notice and "other sites stay" in notice
     assert "/etc/rancher/k3s/registries.yaml is merged" in notice and "every other entry and key stays" in notice
-    assert "registries.yaml" not in scripts.takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", None)
+    assert "registries.yaml" not in takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", None)
 
 
 def test_the_notice_is_in_every_preview_and_not_in_an_update(programs: Programs) -> None:
-    notice = scripts.takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", "/etc/rancher/k3s/registries.yaml")
+    notice = takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", "/etc/rancher/k3s/registries.yaml")
     assert f"info: {notice}" in programs.ok(TYPICAL, preview=True).logs
     assert not [line for line in programs.ok(TYPICAL).logs if "takes over" in line]
 

@@ -1,0 +1,1 @@
+"""Pure functions: plain values in, the text that lands on the host out; nothing here knows about Pulumi."""

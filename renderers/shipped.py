@@ -1,0 +1,32 @@
+"""The files under host/ that ship to the server as they are: their text, and the Python ones as modules here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+HOST = Path(__file__).resolve().parent.parent / "host"
+"""Mirrors the server: host/usr/... lands at /usr/...; host/steps/<component>/ runs inside that component's steps."""
+RETENTION = "usr/local/lib/registry-maintenance/retention.py"
+CADDY_TAKEOVER = "steps/caddy-site/caddy_takeover.py"
+REGISTRIES_MERGE = "steps/k3s-trust/registries_merge.py"
+
+
+def text(path: str) -> str:
+    """The content of host/PATH, as it ships."""
+    return (HOST / path).read_text(encoding="utf-8")
+
+
+def module(path: str) -> ModuleType:
+    """host/PATH, a standard-library Python program, imported here (once) for the renderers and the tests."""
+    name = "shipped_" + Path(path).stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HOST / path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"host/{path} is not a Python file")
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded  # dataclasses look their module up while the class is created
+        spec.loader.exec_module(loaded)
+    return sys.modules[name]

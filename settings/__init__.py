@@ -1,0 +1,1 @@
+"""The stack settings: one validated object, loaded once."""

@@ -1,0 +1,104 @@
+"""Config in, Settings out: every rule runs before any resource is registered; all problems are reported at once."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from settings.model import ConfigError, Settings, image_major_version
+from settings.schema import SCHEMA
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig", "existingPushPassword", "s3AccessKey", "s3SecretKey"})
+S3_KEYS = ("s3Endpoint", "s3Bucket", "s3RootDirectory", "s3AccessKey", "s3SecretKey", "s3CaFile")
+
+
+def _show(key: str, raw: Any) -> str:
+    return "<secret>" if key in SECRET_KEYS else repr(raw)
+
+
+def parse_settings(raw: Mapping[str, Any], project: str = "registry") -> Settings:
+    """Validate raw config (key -> string, as Pulumi stores it) into Settings, or raise ConfigError."""
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    for key in sorted(set(raw) - set(SCHEMA)):
+        errors.append(f"{project}:{key} is not a known setting; known settings: {', '.join(sorted(SCHEMA))}")
+    for key, (name, parse) in SCHEMA.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        try:
+            values[name] = parse(value if isinstance(value, str | list) else json.dumps(value))
+        except ValueError as exc:
+            errors.append(f"{project}:{key} = {_show(key, value)} is invalid; accepted: {exc}")
+    if "host" not in values and not any(e.startswith(f"{project}:host ") for e in errors):
+        errors.append(f"{project}:host is not set; accepted: a DNS name or IP address (not empty)")
+    users_valid = not any(e.startswith((f"{project}:pushUser ", f"{project}:pullUser ")) for e in errors)
+    if users_valid and values.get("push_user", Settings.push_user) == values.get("pull_user", Settings.pull_user):
+        errors.append(f"{project}:pullUser = {values.get('pull_user', Settings.pull_user)!r} is invalid; accepted: a name different from pushUser")
+    # Checked whenever both paths are valid on their own, so it is reported together with any other problem.
+    if not any(e.startswith((f"{project}:dataDir ", f"{project}:backupDir ")) for e in errors):
+        data, backups = values.get("data_dir", Settings.data_dir), values.get("backup_dir", Settings.backup_dir)
+        if _inside(backups, data) or _inside(data, backups):
+            errors.append(
+                f"{project}:backupDir = {backups!r} is invalid; accepted: a directory outside dataDir ({data!r}) that does not contain it"
+            )
+    errors += _storage_errors(raw, values, project, errors)
+    if errors:
+        raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
+    return Settings(**values)
+
+
+def _storage_errors(raw: Mapping[str, Any], values: Mapping[str, Any], project: str, errors: list[str]) -> list[str]:
+    """What the storage and replica settings must agree on (each valid on its own)."""
+    found: list[str] = []
+    bad = {e.split(" ", 1)[0].split(":", 1)[1] for e in errors if e.startswith(f"{project}:")}
+    storage = values.get("storage", Settings.storage)
+    if "storage" in bad:
+        return found
+    if storage == "filesystem":
+        for key in S3_KEYS:
+            if raw.get(key) not in (None, "") and key not in bad:
+                found.append(f"{project}:{key} = {_show(key, raw[key])} is invalid; accepted: empty while storage = 'filesystem' (set storage to s3 to use it)")
+    else:
+        for key in ("s3Bucket", "s3AccessKey", "s3SecretKey"):
+            if values.get(SCHEMA[key][0]) is None and key not in bad:
+                found.append(f"{project}:{key} is not set; accepted: {'a bucket name' if key == 's3Bucket' else 'the S3 credential (set it with --secret)'}, required with storage = 's3'")
+        endpoint = values.get("s3_endpoint")
+        if values.get("s3_ca_file") and not (endpoint or "").startswith("https://") and "s3Endpoint" not in bad:
+            found.append(f"{project}:s3CaFile = {values['s3_ca_file']!r} is invalid; accepted: a CA file only with an https:// s3Endpoint (it is {endpoint!r})")
+        image, major = values.get("registry_image", Settings.registry_image), values.get("registry_major_version")
+        distribution = major or image_major_version(image)
+        if endpoint and distribution == 2 and not values.get("s3_force_path_style", True) and not bad & {"registryImage", "registryMajorVersion"}:
+            found.append(
+                f"{project}:s3ForcePathStyle = 'false' is invalid; accepted: true with Distribution 2 ({image!r}) and an s3Endpoint "
+                "(2.8 always uses path-style addressing with an endpoint; virtual-hosted addressing needs registry:3)"
+            )
+    if storage == "s3" and values.get("retention") and "retention" not in bad:
+        found.append(
+            f"{project}:retention = 'true' is invalid; accepted: false with storage = 's3' "
+            "(tag retention dates tags from the data directory, which S3 storage does not use)"
+        )
+    replicas, port = values.get("registry_replicas", 1), values.get("registry_port", Settings.registry_port)
+    if port + replicas - 1 > 65535 and not bad & {"registryReplicas", "registryPort"}:
+        found.append(f"{project}:registryReplicas = {str(replicas)!r} is invalid; accepted: at most {65535 - port + 1} with registryPort = {port} (replica i listens on registryPort + i - 1)")
+    return found
+
+
+def project_config(project: str) -> dict[str, Any]:
+    """Every `<project>:<key>` config value the Pulumi engine handed this program, un-namespaced."""
+    from pulumi.runtime import config as runtime_config
+
+    merged: dict[str, Any] = {}
+    env = os.environ.get("PULUMI_CONFIG")
+    if env:
+        merged.update(json.loads(env))
+    merged.update(runtime_config.CONFIG.get())
+    prefix = f"{project}:"
+    return {k[len(prefix):]: v for k, v in merged.items() if k.startswith(prefix)}
