@@ -2,6 +2,12 @@
 
     python -m tests.unit.golden_render --write    # regenerate tests/unit/golden/ from the current code
 
+A file of host/ that a script carries (as it is, or quoted inside `sh -c '...'`) is recorded as
+`<host/PATH sha256=...>`: host/ holds its text once, and the digest still pins it byte for byte.
+The `defaults` case is stored whole. Every other case stores the list of what it renders (`files.txt`) and, for each
+file that differs from the `defaults` one, a unified diff against it (`NAME.diff`), or the whole file (`NAME`) where
+`defaults` has none: one copy of each script, and a case's golden set shows only what its settings change.
+
 Each case runs the whole program under the mocks (tests/harness.py), so what is recorded is what the components
 hand pulumi-command: every create/update/delete script and every stdin, with generated secrets (passwords, bcrypt
 hashes, the rotation time) replaced by stable placeholders. The resource graph (type, name, parent) is recorded too.
@@ -11,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import difflib
+import hashlib
 import json
 import re
 import sys
@@ -19,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from renderers.shipped import HOST
 from tests.harness import ProgramRun, reveal, run_program
 from tests.unit.support import RANDOM_PASSWORD, TYPICAL
 
@@ -30,15 +39,30 @@ GRACE = 2 * 86400
 USERS = ("robot_user", "k3s_pull")
 
 EVERY_OPTION = {
-    **TYPICAL, "sshUser": "root", "sshPort": "2222", "registryCaFile": "/etc/rancher/k3s/registry-ca.pem",
-    "acmeCaUrl": "https://ca.test:14000/dir", "acmeCaRoot": "/etc/caddy/test-ca.pem", "k3sService": "k3s-agent",
-    "dataDir": "/srv/data/registry@2", "caddySiteFile": "/etc/caddy/sites/registry+1.caddy", "retention": "true",
-    "retentionRules": ["ruby-demo-app=10", "*=20"], "retentionKeepTags": ["latest", "release-.*"],
-    "gcDeleteUntagged": "true", "backupKeep": "3", "backupDir": "/srv/backups/registry",
+    **TYPICAL,
+    "sshUser": "root",
+    "sshPort": "2222",
+    "registryCaFile": "/etc/rancher/k3s/registry-ca.pem",
+    "acmeCaUrl": "https://ca.test:14000/dir",
+    "acmeCaRoot": "/etc/caddy/test-ca.pem",
+    "k3sService": "k3s-agent",
+    "dataDir": "/srv/data/registry@2",
+    "caddySiteFile": "/etc/caddy/sites/registry+1.caddy",
+    "retention": "true",
+    "retentionRules": ["ruby-demo-app=10", "*=20"],
+    "retentionKeepTags": ["latest", "release-.*"],
+    "gcDeleteUntagged": "true",
+    "backupKeep": "3",
+    "backupDir": "/srv/backups/registry",
 }
 S3 = {
-    **TYPICAL, "storage": "s3", "s3Endpoint": "http://127.0.0.1:8333", "s3Bucket": "registry",
-    "s3RootDirectory": "/registry", "s3AccessKey": "AKIAGOLDEN", "s3SecretKey": "golden-only",
+    **TYPICAL,
+    "storage": "s3",
+    "s3Endpoint": "http://127.0.0.1:8333",
+    "s3Bucket": "registry",
+    "s3RootDirectory": "/registry",
+    "s3AccessKey": "AKIAGOLDEN",
+    "s3SecretKey": "golden-only",
 }
 CASES: dict[str, list[dict[str, Any]]] = {
     "defaults": [TYPICAL],
@@ -46,14 +70,23 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "replicas": [{**TYPICAL, "registryReplicas": "3"}],
     "s3": [S3],
     "registry3-s3-private-ca": [
-        {**S3, "registryImage": "registry:3", "registryReplicas": "2", "s3Endpoint": "https://s3.example.com",
-         "s3CaFile": "/etc/ssl/s3-ca.pem", "s3ForcePathStyle": "false"}
+        {
+            **S3,
+            "registryImage": "registry:3",
+            "registryReplicas": "2",
+            "s3Endpoint": "https://s3.example.com",
+            "s3CaFile": "/etc/ssl/s3-ca.pem",
+            "s3ForcePathStyle": "false",
+        }
     ],
     "registry3": [{**TYPICAL, "registryImage": "registry:3.0.0", "gcSchedule": "", "backupSchedule": "daily"}],
     "no-k3s-flux-verify": [{**TYPICAL, "k3sTrust": "false", "flux": "false", "verify": "false"}],
     "takeover": [{**TYPICAL, "existingPushPassword": "ci-pushes-with-this"}],
     # A second run after credentialRotation changed, with a grace period: the handover and the expiry timer.
-    "rotation": [{**TYPICAL, "credentialGracePeriod": "2d"}, {**TYPICAL, "credentialGracePeriod": "2d", "credentialRotation": "2"}],
+    "rotation": [
+        {**TYPICAL, "credentialGracePeriod": "2d"},
+        {**TYPICAL, "credentialGracePeriod": "2d", "credentialRotation": "2"},
+    ],
 }
 PREVIEW_LOGS = ("takeover",)
 """Cases whose preview messages (the takeover notice) are recorded as well."""
@@ -93,7 +126,12 @@ def _record(run: ProgramRun, scrub: Callable[[str], str]) -> dict[str, str]:
         parent = r.parent.rsplit("::", 1)[-1] if r.parent else ""
         graph.append(f"{r.type} {r.name} parent={parent}")
         if r.type == COMMAND:
-            for field, suffix in (("create", "create.sh"), ("update", "update.sh"), ("delete", "delete.sh"), ("stdin", "stdin")):
+            for field, suffix in (
+                ("create", "create.sh"),
+                ("update", "update.sh"),
+                ("delete", "delete.sh"),
+                ("stdin", "stdin"),
+            ):
                 value = r.value(field)
                 if value:
                     files[f"{r.name}.{suffix}"] = scrub(value)
@@ -101,6 +139,29 @@ def _record(run: ProgramRun, scrub: Callable[[str], str]) -> dict[str, str]:
             files[f"{r.name}.json"] = scrub(json.dumps(reveal(r.inputs), indent=2, sort_keys=True)) + "\n"
     files["graph.txt"] = "\n".join(sorted(graph)) + "\n"  # registration order varies from run to run
     return files
+
+
+def _shipped() -> list[tuple[str, str]]:
+    """(text as a script carries it, placeholder) for every file of host/, longest first."""
+    pairs = []
+    for path in sorted(p for p in HOST.rglob("*") if p.is_file()):
+        text = path.read_text(encoding="utf-8")
+        mark = f"<host/{path.relative_to(HOST)} sha256={hashlib.sha256(text.encode()).hexdigest()}"
+        pairs += [(text, mark + ">"), (text.replace("'", "'\"'\"'"), mark + " quoted>")]
+    return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
+
+
+def _marked(text: str) -> str:
+    for shipped, mark in _shipped():
+        text = text.replace(shipped, mark)
+    return text
+
+
+def _unmarked(text: str) -> str:
+    """The placeholders back into the text of host/ (a file whose digest no longer matches keeps its placeholder)."""
+    for shipped, mark in _shipped():
+        text = text.replace(mark, shipped)
+    return text
 
 
 def render_case(case: str) -> dict[str, str]:
@@ -115,7 +176,9 @@ def render_case(case: str) -> dict[str, str]:
     files = {f"{case}/{name}": text for name, text in _record(runs[-1], _scrubber(runs)).items()}
     if case in PREVIEW_LOGS:
         preview = run_program(CASES[case][-1], preview=True)
-        files[f"{case}/preview-logs.txt"] = "\n".join(line for line in preview.logs if not line.startswith("debug:")) + "\n"
+        files[f"{case}/preview-logs.txt"] = (
+            "\n".join(line for line in preview.logs if not line.startswith("debug:")) + "\n"
+        )
     return files
 
 
@@ -126,6 +189,76 @@ def render_all() -> dict[str, str]:
     return {path: text for files in results for path, text in sorted(files.items())}
 
 
+BASE = "defaults"
+
+
+def encode(rendered: dict[str, str]) -> dict[str, str]:
+    """What --write stores for `rendered`: the base case whole, every other case as its file list and diffs to it."""
+    rendered = {path: _marked(text) for path, text in rendered.items()}
+    stored = {path: text for path, text in rendered.items() if path.startswith(f"{BASE}/")}
+    cases = sorted({path.split("/", 1)[0] for path in rendered} - {BASE})
+    for case in cases:
+        names = sorted(path.split("/", 1)[1] for path in rendered if path.startswith(f"{case}/"))
+        stored[f"{case}/files.txt"] = "".join(f"{name}\n" for name in names)
+        for name in names:
+            text, base = rendered[f"{case}/{name}"], rendered.get(f"{BASE}/{name}")
+            if base is None:
+                stored[f"{case}/{name}"] = text
+            elif text != base:
+                diff = difflib.unified_diff(
+                    base.splitlines(keepends=True), text.splitlines(keepends=True), f"{BASE}/{name}", f"{case}/{name}"
+                )
+                stored[f"{case}/{name}.diff"] = "".join(
+                    line if line.endswith("\n") else line + NO_NEWLINE for line in diff
+                )
+    return stored
+
+
+NO_NEWLINE = "\n\\ No newline at end of file\n"
+HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+\d+(?:,\d+)? @@")
+
+
+def _patch(base: str, diff: str) -> str:
+    """Apply a unified diff `encode` wrote to `base`."""
+    source, out, pos, last = base.splitlines(keepends=True), [], 0, ""
+    for line in diff.splitlines(keepends=True)[2:]:
+        hunk = HUNK.match(line)
+        if hunk:
+            start = int(hunk[1]) - (0 if hunk[2] == "0" else 1)
+            out += source[pos:start]
+            pos = start
+        elif line.startswith("\\"):
+            if last in " +":
+                out[-1] = out[-1].removesuffix("\n")
+        else:
+            last, body = line[0], line[1:]
+            if last in " -":
+                if source[pos].rstrip("\n") != body.rstrip("\n"):
+                    raise ValueError(f"diff does not apply at line {pos + 1}: {body!r}")
+                pos += 1
+            if last in " +":
+                out.append(body)
+    return "".join(out + source[pos:])
+
+
+def decode(stored: dict[str, str]) -> dict[str, str]:
+    """The renders `stored` stands for: what `encode` took, with host/ as it is now in place of its placeholders."""
+    marked = {path: text for path, text in stored.items() if path.startswith(f"{BASE}/")}
+    for listing in (path for path in stored if path.endswith("/files.txt")):
+        case = listing.split("/", 1)[0]
+        for name in stored[listing].splitlines():
+            whole, diff, base = (
+                stored.get(f"{case}/{name}"),
+                stored.get(f"{case}/{name}.diff"),
+                marked.get(f"{BASE}/{name}"),
+            )
+            if whole is not None:
+                marked[f"{case}/{name}"] = whole
+            elif base is not None:
+                marked[f"{case}/{name}"] = _patch(base, diff) if diff is not None else base
+    return {path: _unmarked(text) for path, text in marked.items()}
+
+
 def on_disk() -> dict[str, str]:
     return {str(p.relative_to(GOLDEN)): p.read_text() for p in sorted(GOLDEN.rglob("*")) if p.is_file()}
 
@@ -134,11 +267,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--write", action="store_true", help="rewrite tests/unit/golden/ from the current code")
     args = parser.parse_args(argv)
-    rendered = render_all()
     if not args.write:
-        differ = sorted(set(rendered) ^ set(on_disk()) | {p for p, t in rendered.items() if on_disk().get(p) != t})
+        rendered, golden = render_all(), decode(on_disk())
+        differ = sorted(set(rendered) ^ set(golden) | {p for p, t in rendered.items() if golden.get(p) != t})
         print("\n".join(differ) or "golden files match")
         return 1 if differ else 0
+    rendered = encode(render_all())
     for old in GOLDEN.rglob("*"):
         if old.is_file() and str(old.relative_to(GOLDEN)) not in rendered:
             old.unlink()
