@@ -1,10 +1,11 @@
-"""/usr/local/sbin/registry-maintenance: GC, backup, restore, recover and status around a read-only window."""
+"""/usr/local/sbin/registry-maintenance: the header of values in front of host/usr/local/sbin/registry-maintenance.sh."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from renderers import shipped
 from renderers.caddyfile import MAINTENANCE_FLAG
 from renderers.registry_container import (
     DRAIN_ENV,
@@ -20,8 +21,6 @@ from renderers.retention_config import RETENTION_CONFIG, RETENTION_SCRIPT, Reten
 from renderers.shell import q
 
 MAINTENANCE_SCRIPT = "/usr/local/sbin/registry-maintenance"
-
-
 LOCK_FILE = MAINTENANCE_LOCK
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 """The config file inside the registry:2 image; garbage-collect reads it (plus the container's env)."""
@@ -32,6 +31,8 @@ REGISTRY3_CONFIG = "/etc/distribution/config.yml"
 def registry_config_path(distribution: int) -> str:
     """Where the image's own config file is, for `registry garbage-collect CONFIG`."""
     return REGISTRY3_CONFIG if distribution >= 3 else REGISTRY_CONFIG
+
+
 READ_ONLY_ENV = {"REGISTRY_STORAGE_MAINTENANCE_READONLY": '{"enabled":true}'}
 
 
@@ -54,313 +55,6 @@ class MaintenanceSpec:
     """filesystem (the data directory, archived by backups) or S3 (the store's own backups)."""
     replicas: int = 1
     """Registry containers sharing the storage: a window makes every one read-only, one at a time."""
-
-
-_MAINTENANCE_BODY = r"""
-say() { printf 'registry-maintenance: %s\n' "$*"; }
-die() { printf 'registry-maintenance: %s\n' "$*" >&2; exit 1; }
-
-usage() {
-  cat >&2 <<'USAGE'
-usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE | recover | status
-  gc               window: tag retention (when on), then read-only (every replica): garbage-collect --dry-run (logged), garbage-collect
-  retention --dry-run  the tags (and manifests) the next gc would delete, and why others stay; changes nothing
-  backup           read-only window: archive the registry's data into the backup directory, keep the newest
-  restore ARCHIVE  put an archive back; the current data is moved aside inside the data directory, never deleted
-  recover          return to read-write if a window was cut short (runs at boot)
-  status           mode, timers, disk usage and backups
-USAGE
-}
-
-wait_ready() {  # wait_ready NAME PORT
-  i=0
-  until curl -fsS -o /dev/null "http://127.0.0.1:$2/v2/" 2>/dev/null; do
-    i=$((i + 1))
-    if [ "$i" -ge 120 ]; then
-      docker logs --tail 20 "$1" >&2 || true
-      die "the registry $1 did not answer on 127.0.0.1:$2 within 60 s"
-    fi
-    sleep 0.5
-  done
-}
-
-relaunch() {  # relaunch read-only|read-write: recreate every replica in that mode, one at a time
-  first=1
-  for replica in $REPLICAS; do
-    name=${replica%:*} port=${replica#*:}
-    # The replica just recreated answers; give Caddy's health check time to see it before the next one stops.
-    [ "$first" = 1 ] || sleep "$SETTLE"
-    first=0
-    docker stop -t "$STOP_TIMEOUT" "$name" >/dev/null 2>&1 || true
-    docker rm -f "$name" >/dev/null 2>&1 || true
-    if [ "$1" = read-only ]; then
-      launch_read_only "$name" >/dev/null || die "docker run (read-only) of $name failed"
-    else
-      launch_read_write "$name" >/dev/null || die "docker run (read-write) of $name failed"
-    fi
-    wait_ready "$name" "$port"
-  done
-}
-
-remove_all() {
-  for replica in $REPLICAS; do
-    docker stop -t "$STOP_TIMEOUT" "${replica%:*}" >/dev/null 2>&1 || true
-    docker rm -f "${replica%:*}" >/dev/null 2>&1 || true
-  done
-}
-
-is_read_only() {  # any replica still read-only
-  for replica in $REPLICAS; do
-    if docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "${replica%:*}" 2>/dev/null |
-      grep -q '^REGISTRY_STORAGE_MAINTENANCE_READONLY='; then
-      return 0
-    fi
-  done
-  return 1
-}
-
-take_lock() {
-  exec 9>"$LOCK"
-  flock -w 3600 9 || die "another maintenance run still holds $LOCK after an hour"
-}
-
-in_window=0
-relaunch_on_close=0
-partial=''
-refuse_writes() {  # refuse_writes REASON: Caddy answers every write through the site with 503 from now on
-  install -d -m 0755 "$(dirname "$FLAG")"
-  printf '%s since %s\n' "$1" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$FLAG"
-  chmod 0644 "$FLAG"
-  in_window=1
-}
-
-open_window() {  # open_window REASON: writes refused by Caddy first, then the registry itself read-only
-  refuse_writes "$1"
-  relaunch_on_close=1
-  relaunch read-only
-  say "read-only window open for $1: pulls keep working, pushes get 503 until it closes"
-}
-
-close_window() {
-  [ "$in_window" = 1 ] || return 0
-  if [ "$relaunch_on_close" = 1 ]; then
-    relaunch read-write
-    relaunch_on_close=0
-  fi
-  rm -f "$FLAG"
-  in_window=0
-  say "read-only window closed: the registry accepts pushes again"
-}
-
-finish() {
-  rc=$?
-  [ -z "$partial" ] || rm -f "$partial"
-  close_window || rc=1
-  exit "$rc"
-}
-trap finish EXIT
-trap 'exit 1' HUP INT TERM
-
-usage_kib() {
-  if [ -d "$DATA_DIR/docker" ]; then du -sk "$DATA_DIR/docker" | cut -f1; else echo 0; fi
-}
-
-s3_only() {  # s3_only WHAT: with S3 storage the data is not on this host; say whose job WHAT is, and stop
-  say "storage is $STORAGE: $1"
-  exit 0
-}
-
-collect() {  # collect [--dry-run]: garbage-collect inside the container (it reads the container's env)
-  if out=$(garbage_collect "$@" 2>&1); then
-    printf '%s\n' "$out"
-  else
-    printf '%s\n' "$out" >&2
-    die "garbage-collect $* failed"
-  fi
-}
-
-need_python() {
-  command -v python3 >/dev/null 2>&1 || die "tag retention needs python3 on this host (apt-get install python3-minimal)"
-}
-
-cmd_gc() {
-  take_lock
-  if [ "$STORAGE" = filesystem ] && [ ! -d "$DATA_DIR/docker/registry/v2/repositories" ]; then
-    say "no repositories yet; nothing to collect"
-    return 0
-  fi
-  before=$(usage_kib)
-  retention_failed=0
-  if [ "$RETENTION" = on ]; then
-    # Deletes need a registry that is not read-only (Distribution answers 405 then), so they come first: Caddy
-    # already refuses pushes (no tag appears or moves meanwhile), while the registry takes the deletes on loopback.
-    if command -v python3 >/dev/null 2>&1; then
-      refuse_writes "tag retention and garbage collection"
-      say "tag retention: pushes through the site get 503 from now on; deleting on 127.0.0.1:$PORT"
-      retention || retention_failed=1
-    else
-      say "tag retention skipped: python3 is not installed on this host"
-      retention_failed=1
-    fi
-  fi
-  open_window "garbage collection"
-  say "dry run (nothing is deleted):"
-  collect --dry-run
-  say "collecting:"
-  collect
-  close_window
-  if [ "$STORAGE" = filesystem ]; then
-    after=$(usage_kib)
-    say "garbage collection done: $before KiB -> $after KiB ($((before - after)) KiB reclaimed)"
-  else
-    say "garbage collection done in the $STORAGE (the store reports its own usage)"
-  fi
-  [ "$retention_failed" = 0 ] || die "tag retention failed (see above); garbage collection still ran"
-}
-
-cmd_retention() {
-  [ "${1:-}" = --dry-run ] && [ "$#" = 1 ] ||
-    { usage; die "retention deletes only inside 'registry-maintenance gc'; preview it with: retention --dry-run"; }
-  need_python
-  take_lock
-  retention --dry-run
-}
-
-prune() {
-  set -- "$BACKUP_DIR"/registry-*.tar
-  [ -e "$1" ] || return 0
-  excess=$(($# - KEEP))
-  while [ "$excess" -gt 0 ]; do
-    rm -f "$1" "$1.sha256"
-    say "removed old backup $1"
-    shift
-    excess=$((excess - 1))
-  done
-}
-
-cmd_backup() {
-  [ "$STORAGE" = filesystem ] || s3_only "back it up with the store's own means (bucket versioning, replication, snapshots); no archive is written"
-  take_lock
-  if [ ! -d "$DATA_DIR/docker" ]; then
-    say "the registry holds no data yet; no backup written"
-    return 0
-  fi
-  umask 077
-  install -d -m 0700 "$BACKUP_DIR"
-  stamp=$(date -u +%Y%m%dT%H%M%SZ)
-  archive="$BACKUP_DIR/registry-$stamp.tar"
-  partial="$BACKUP_DIR/.registry-$stamp.tar.partial"
-  open_window backup
-  tar -C "$DATA_DIR" -cf "$partial" docker || die "tar failed; no backup written"
-  close_window
-  tar -tf "$partial" >/dev/null || die "the new archive does not read back; no backup written"
-  sum=$(sha256sum <"$partial" | cut -d' ' -f1)
-  printf '%s  %s\n' "$sum" "registry-$stamp.tar" >"$archive.sha256"
-  mv "$partial" "$archive"
-  partial=''
-  say "backup written: $archive ($(du -h "$archive" | cut -f1), sha256 $sum)"
-  prune
-}
-
-cmd_restore() {
-  archive=${1:-}
-  [ "$STORAGE" = filesystem ] || die "storage is $STORAGE: restore the bucket with the store's own means (an earlier object version, a replica); this command restores data-directory archives only"
-  [ -n "$archive" ] || { usage; die "restore needs an archive, e.g. the newest of: ls $BACKUP_DIR"; }
-  [ -f "$archive" ] || die "$archive: no such file"
-  if [ -f "$archive.sha256" ]; then
-    want=$(cut -d' ' -f1 "$archive.sha256")
-    got=$(sha256sum <"$archive" | cut -d' ' -f1)
-    [ "$want" = "$got" ] || die "$archive does not match $archive.sha256; nothing was changed"
-  fi
-  tar -tf "$archive" | grep -q '^\(\./\)\{0,1\}docker/registry/v2/' ||
-    die "$archive holds no registry data (docker/registry/v2/...); nothing was changed"
-  take_lock
-  stamp=$(date -u +%Y%m%dT%H%M%SZ)
-  staging="$DATA_DIR/.restore-$stamp"
-  aside="$DATA_DIR/.before-restore-$stamp"
-  install -d -m 0700 "$staging"
-  say "extracting $archive"
-  if ! tar -C "$staging" -xf "$archive"; then
-    rm -rf "$staging"
-    die "extracting $archive failed; nothing was changed"
-  fi
-  install -d -m 0755 "$(dirname "$FLAG")"
-  printf 'restore since %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$FLAG"
-  chmod 0644 "$FLAG"
-  in_window=1
-  relaunch_on_close=1
-  remove_all
-  if [ -e "$DATA_DIR/docker" ]; then
-    install -d -m 0700 "$aside"
-    mv "$DATA_DIR/docker" "$aside/docker"
-  fi
-  if ! mv "$staging/docker" "$DATA_DIR/docker"; then
-    [ ! -e "$aside/docker" ] || mv "$aside/docker" "$DATA_DIR/docker"
-    die "could not move the restored data into place; the previous data is back"
-  fi
-  rmdir "$staging" 2>/dev/null || true
-  close_window
-  repos=$(find "$DATA_DIR/docker/registry/v2/repositories" -type d -name _manifests | wc -l)
-  tags=$(find "$DATA_DIR/docker/registry/v2/repositories" -path '*/_manifests/tags/*/current/link' | wc -l)
-  say "restored $repos repositories with $tags tags from $archive"
-  if [ -d "$aside" ]; then
-    say "the data before the restore is kept in $aside: delete it once the restore is checked"
-  fi
-  say "check: list the catalog and pull one image you know through the public name (README.md, Operations)"
-}
-
-cmd_recover() {
-  exec 9>"$LOCK"
-  if ! flock -n 9; then
-    say "a maintenance run is in progress; nothing to recover"
-    return 0
-  fi
-  if is_read_only; then
-    in_window=1
-    relaunch_on_close=1
-    close_window
-    say "a maintenance window had been cut short; recovered"
-  else
-    rm -f "$FLAG"
-    say "the registry is not in a maintenance window; nothing to do"
-  fi
-}
-
-cmd_status() {
-  for replica in $REPLICAS; do
-    state=$(docker inspect -f '{{.State.Status}} since {{.State.StartedAt}}' "${replica%:*}" 2>/dev/null || echo 'missing')
-    say "container ${replica%:*} (127.0.0.1:${replica#*:}): $state"
-  done
-  if is_read_only; then say "mode: read-only (maintenance window)"; else say "mode: read-write"; fi
-  [ ! -f "$FLAG" ] || say "window: $(cat "$FLAG")"
-  if [ "$STORAGE" = filesystem ]; then
-    say "data: $(usage_kib) KiB in $DATA_DIR/docker, $(df -h --output=avail "$DATA_DIR" | tail -n 1 | tr -d ' ') free"
-  else
-    say "data: $STORAGE (backups are the store's job: versioning, replication)"
-  fi
-  say "tag retention in the GC window: $RETENTION (preview: registry-maintenance retention --dry-run)"
-  say "backups in $BACKUP_DIR (keeping $KEEP):"
-  found=0
-  for f in "$BACKUP_DIR"/registry-*.tar; do
-    [ -e "$f" ] || continue
-    found=1
-    printf '  %s  %s\n' "$(du -h "$f" | cut -f1)" "$f"
-  done
-  [ "$found" = 1 ] || echo '  none'
-  systemctl list-timers 'registry-*' --all --no-pager || true
-}
-
-[ "$(id -u)" = 0 ] || die "run as root: sudo registry-maintenance $*"
-case "${1:-}" in
-  gc) cmd_gc ;;
-  retention) shift; cmd_retention "$@" ;;
-  backup) cmd_backup ;;
-  restore) shift; cmd_restore "$@" ;;
-  recover) cmd_recover ;;
-  status) cmd_status ;;
-  *) usage; exit 2 ;;
-esac
-"""
 
 
 def render_maintenance_script(spec: MaintenanceSpec) -> str:
@@ -405,4 +99,4 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         f"launch_read_only() {launch_ro}",
         f"retention() {{ python3 -I {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)} \"$@\"; }}",
     ]
-    return "\n".join(header) + "\n" + _MAINTENANCE_BODY
+    return "\n".join(header) + "\n\n" + shipped.text(shipped.MAINTENANCE)

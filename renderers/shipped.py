@@ -12,6 +12,10 @@ HOST = Path(__file__).resolve().parent.parent / "host"
 RETENTION = "usr/local/lib/registry-maintenance/retention.py"
 CADDY_TAKEOVER = "steps/caddy-site/caddy_takeover.py"
 REGISTRIES_MERGE = "steps/k3s-trust/registries_merge.py"
+MAINTENANCE = "usr/local/sbin/registry-maintenance.sh"
+"""The body of /usr/local/sbin/registry-maintenance; renderers/maintenance_script.py puts the header in front."""
+VERIFY = "steps/verify/check.sh"
+"""The body of the deploy check; renderers/verify_script.py puts the header in front."""
 
 
 def text(path: str) -> str:
