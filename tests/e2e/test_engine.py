@@ -1,5 +1,5 @@
 """What only a real engine shows: previews of a new stack, bad settings refused before any remote change, the
-README's steps for a real server run as written, and an `up` whose CLI is killed mid-update recovered by the README.
+README's steps for a real server run as written, and an `up` whose CLI is killed mid-update recovered by docs/operations.md.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def test_readme_steps_for_a_real_server_run_as_written(
 # --- a killed CLI -------------------------------------------------------------------------------------------------
 
 
-def test_cli_killed_during_the_container_step_is_recovered_by_the_readme_steps(
+def test_cli_killed_during_the_container_step_is_recovered_by_the_documented_steps(
     testhost: TestHost, engine: Engine, clients: Clients, tmp_path: Path
 ) -> None:
     s: EngineStack = EngineStack.open(
@@ -170,8 +170,8 @@ def test_cli_killed_during_the_container_step_is_recovered_by_the_readme_steps(
 
         run = s.apply(hook=kill_in_container_step, registryImage="registry:2-killed")
         assert killed.is_set() and not run.ok
-        # The README's recovery, verbatim (section "If an update was interrupted").
-        recovery = f"pulumi stack select {s.stack.name}\n" + _readme_recovery()
+        # docs/operations.md's recovery, verbatim (section "If an update was interrupted").
+        recovery = f"pulumi stack select {s.stack.name}\n" + _documented_recovery()
         proc = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", recovery], cwd=s.stack.project_dir,
             env={**os.environ, **engine.env()}, capture_output=True, text=True,
@@ -189,10 +189,10 @@ def test_cli_killed_during_the_container_step_is_recovered_by_the_readme_steps(
         s.cleanup()
 
 
-README_RECOVERY = re.compile(r"<!-- interrupted-update-steps -->\n```sh\n(?P<body>.*?)```", re.S)
+RECOVERY_BLOCK = re.compile(r"<!-- interrupted-update-steps -->\n```sh\n(?P<body>.*?)```", re.S)
 
 
-def _readme_recovery() -> str:
-    match = README_RECOVERY.search((ROOT / "README.md").read_text())
-    assert match, "README.md has no block marked <!-- interrupted-update-steps -->"
+def _documented_recovery() -> str:
+    match = RECOVERY_BLOCK.search((ROOT / "docs" / "operations.md").read_text())
+    assert match, "docs/operations.md has no block marked <!-- interrupted-update-steps -->"
     return match.group("body")

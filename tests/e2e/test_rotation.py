@@ -20,7 +20,7 @@ switch is followed here through k3s.
 The interrupted rotation kills the whole CLI (the engine and its plugins, as a cancelled CI runner does) right after
 the handover step; the host's sshd listener is paused from the moment the handover's SSH session was accepted until
 the CLI is dead, so no later step can start a session in between (the kill itself is asynchronous to the engine).
-The README's recovery (`pulumi cancel`, `pulumi refresh --clear-pending-creates`) and an `up` then complete it.
+The recovery docs/operations.md gives (`pulumi cancel`, `pulumi refresh --clear-pending-creates`) and an `up` then complete it.
 """
 
 from __future__ import annotations
@@ -379,7 +379,7 @@ def test_interrupted_rotation_leaves_every_client_working_and_the_next_update_co
     assert [(e.name, e.phase, e.ok) for e in run.executions] == [("caddy-site-handover", "create", True)]
     assert c.sha256(REGISTRIES_YAML) == trust_before and c.starts() == starts_before
 
-    # The README's recovery.
+    # The recovery docs/operations.md gives.
     eng, project = stack.stack.engine, stack.stack.project_dir
     eng.cli(["cancel", "--yes", "--stack", STACK], cwd=project)
     eng.cli(["refresh", "--yes", "--clear-pending-creates", "--stack", STACK], cwd=project)

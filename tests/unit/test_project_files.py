@@ -1,9 +1,10 @@
-"""The project files agree with the settings object: schema, stack files, README reference."""
+"""The project files agree with the settings object and each other: schema, stack files, README and docs/ links."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -140,3 +141,38 @@ def test_an_engine_project_folder_links_every_package_the_program_imports_and_th
                 imported.update(alias.name.split(".")[0] for alias in node.names)
     assert {"components", "renderers", "settings"} <= imported & local <= set(PROGRAM_FILES)
     assert "host" in PROGRAM_FILES and (ROOT / "host").is_dir()
+
+
+DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "bench" / "README.md", ROOT / "tests/e2e/README.md"])
+LINK = re.compile(r"\]\((?!https?://)([^)#\s]*)(?:#([\w-]+))?\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchor for every heading of a Markdown file (fenced code skipped)."""
+    anchors, fenced = set(), False
+    for line in path.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        heading = re.match(r"#{1,6} (.*)", line)
+        if heading and not fenced:
+            anchors.add(re.sub(r"[^\w\- ]", "", heading[1].strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_every_relative_link_in_the_docs_reaches_a_file_and_heading() -> None:
+    broken, checked = [], 0
+    for doc in DOCS:
+        for target, anchor in LINK.findall(doc.read_text()):
+            path = (doc.parent / target).resolve() if target else doc
+            checked += 1
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
+                broken.append(f"{doc.relative_to(ROOT)}: ({target}#{anchor})")
+    assert checked > 20 and not broken, broken
+
+
+@pytest.mark.parametrize(
+    ("doc", "marker"),
+    [("README.md", "real-server-steps"), ("docs/operations.md", "interrupted-update-steps")],
+)
+def test_the_blocks_the_engine_tests_run_are_where_they_read_them(doc: str, marker: str) -> None:
+    """tests/e2e/test_engine.py runs these blocks verbatim; a move of the section must move its reader too."""
+    assert re.search(rf"<!-- {marker} -->\n```sh\n.+?```", (ROOT / doc).read_text(), re.S), (doc, marker)
