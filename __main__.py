@@ -6,10 +6,11 @@ from components.caddy_site import CaddySite, CaddySiteArgs
 from components.credentials import Credentials, CredentialsArgs
 from components.flux_secret import FluxSecret, FluxSecretArgs
 from components.host import Host, HostArgs
+from components.k3s_node import K3sNode, K3sNodeArgs, NodeTrustArgs
 from components.k3s_trust import K3sTrust, K3sTrustArgs
 from components.maintenance import Maintenance, MaintenanceArgs
 from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryContainer, upstream_address
-from components.verify import Verify, VerifyArgs
+from components.verify import Verify, VerifyArgs, VerifyNode
 from renderers.dockerconfigjson import dockerconfigjson
 from renderers.registry_env import StorageSpec
 from renderers.retention_config import RetentionSpec
@@ -25,11 +26,20 @@ storage = StorageSpec(
     root_directory=cfg.s3_root_directory, force_path_style=cfg.s3_force_path_style, ca_file=cfg.s3_ca_file,
 )
 
+# The cluster's other nodes: each is reached (preflight) before anything changes on any machine.
+nodes = [
+    K3sNode(f"k3s-{n.name}", K3sNodeArgs(
+        node=n.name, address=n.address, port=n.ssh_port or cfg.ssh_port, user=n.ssh_user or cfg.ssh_user,
+        private_key=cfg.ssh_private_key, host_key=n.ssh_host_key, service=n.service,
+        path=n.registries_file or cfg.k3s_registries_file, registry=cfg.domain,
+    ))
+    for n in cfg.nodes
+]
 host = Host("host", HostArgs(
     address=cfg.host, port=cfg.ssh_port, user=cfg.ssh_user, private_key=cfg.ssh_private_key,
     host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
     registry_port=cfg.registry_port, container=CONTAINER, domain=cfg.domain, caddyfile=cfg.caddyfile,
-    registries_file=cfg.k3s_registries_file, replicas=cfg.registry_replicas,
+    registries_file=cfg.k3s_registries_file, replicas=cfg.registry_replicas, after=[n.preflight for n in nodes],
 ))
 creds = Credentials("credentials", CredentialsArgs(
     push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,
@@ -59,13 +69,22 @@ push_password = site.live(creds.push_password)
 trust = K3sTrust("k3s-trust", K3sTrustArgs(
     host=host, registry=cfg.domain, username=cfg.pull_user, password=pull_password,
     path=cfg.k3s_registries_file, service=cfg.k3s_service, ca_file=cfg.registry_ca_file, after=[site.handover],
+    rolling=bool(nodes),
 )) if cfg.k3s_trust else None
+# Rolling restarts: each node restarts only once the one before it (the server first) is back and pulling.
+previous = [trust.back] if trust is not None and trust.back is not None else []
+for node in nodes:
+    node.trust(NodeTrustArgs(
+        username=cfg.pull_user, password=pull_password, ca_file=cfg.registry_ca_file, after=[site.handover],
+        restart_after=previous,
+    ))
+    previous = [node.back]
 flux = FluxSecret("flux", FluxSecretArgs(
     registry=cfg.domain, username=cfg.pull_user, password=pull_password, kubeconfig=cfg.kubeconfig,
     namespace=cfg.flux_namespace, secret_name=cfg.flux_secret_name, images=cfg.flux_images,
     api_version=cfg.flux_api_version, interval=cfg.flux_interval, after=[site.handover],
 )) if cfg.flux else None
-site.finish(after=[r for r in (trust, flux) if r is not None])
+site.finish(after=[r for r in (trust, *nodes, flux) if r is not None])
 if cfg.verify:
     Verify("verify", VerifyArgs(
         host=host, domain=cfg.domain, push_user=cfg.push_user, push_password=creds.push_password,
@@ -76,6 +95,7 @@ if cfg.verify:
             cfg.registry_replicas,
         ],
         after=[site, registry, *([trust] if trust else [])],
+        nodes=[VerifyNode(n.node, n.remote, n.service, n.content_sha256, n.back) for n in nodes],
     ))
 Maintenance("maintenance", MaintenanceArgs(
     host=host, upstream=registry.upstream, container=CONTAINER, image=cfg.registry_image, port=cfg.registry_port,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,73 @@ class HostArgs:
     """k3s's registries.yaml (preflight reports an existing one when k3s trust is on)."""
     replicas: int = 1
     """Registry replicas: preflight checks each one's port."""
+    after: Sequence[pulumi.Resource] = ()
+    """Checks that must pass before anything here runs (every other node's preflight: no change anywhere before)."""
+
+
+class Remote:
+    """One machine reached over SSH: its connection, and root commands on it that wait for its `ready` step."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        port: int,
+        user: str,
+        private_key: pulumi.Input[str] | None,
+        host_key: str | None,
+        parent: pulumi.Resource,
+    ) -> None:
+        self.parent = parent
+        self.ready: pulumi.Resource | None = None
+        self.privileged_prefix = "" if user == "root" else "sudo -n "
+        self.connection = command.remote.ConnectionArgs(
+            host=address,
+            port=port,
+            user=user,
+            private_key=pulumi.Output.secret(private_key) if private_key is not None else None,
+            host_key=host_key,
+            dial_error_limit=3,
+        )
+
+    def run(
+        self,
+        name: str,
+        *,
+        create: pulumi.Input[str],
+        update: pulumi.Input[str] | None = None,
+        delete: pulumi.Input[str] | None = None,
+        stdin: pulumi.Input[str] | None = None,
+        triggers: pulumi.Input[list[Any]] | None = None,
+        parent: pulumi.Resource | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> command.remote.Command:
+        """A root command on this machine. With stdin (always a secret) it logs nothing and its output is secret."""
+
+        def root(script: pulumi.Input[str] | None) -> pulumi.Input[str] | None:
+            if script is None:
+                return None
+            return pulumi.Output.from_input(script).apply(lambda s: as_root(s, self.privileged_prefix))
+
+        secret = stdin is not None
+        secret_stdin = pulumi.Output.secret(stdin) if stdin is not None else None
+        options = pulumi.ResourceOptions(
+            parent=parent or self.parent,
+            additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
+            depends_on=[self.ready] if self.ready is not None else None,
+        )
+        return command.remote.Command(
+            name,
+            connection=self.connection,
+            create=root(create),
+            update=root(update),
+            delete=root(delete),
+            stdin=secret_stdin,
+            triggers=triggers,
+            logging=command.remote.Logging.NONE if secret else command.remote.Logging.STDOUT_AND_STDERR,
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions.merge(options, opts),
+        )
 
 
 class Host(pulumi.ComponentResource):
@@ -58,16 +126,12 @@ class Host(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: HostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        self._ready: pulumi.Resource | None = None
-        self.privileged_prefix = "" if args.user == "root" else "sudo -n "
-        self.connection = command.remote.ConnectionArgs(
-            host=args.address,
-            port=args.port,
-            user=args.user,
-            private_key=pulumi.Output.secret(args.private_key) if args.private_key is not None else None,
-            host_key=args.host_key,
-            dial_error_limit=3,
+        self.remote = Remote(
+            address=args.address, port=args.port, user=args.user, private_key=args.private_key,
+            host_key=args.host_key, parent=self,
         )
+        self.privileged_prefix = self.remote.privileged_prefix
+        self.connection = self.remote.connection
         check = self.run(
             f"{name}-preflight",
             create=preflight(
@@ -75,6 +139,7 @@ class Host(pulumi.ComponentResource):
                 data_dir=args.data_dir, domain=args.domain, caddyfile=args.caddyfile,
                 registries_file=args.registries_file if args.require_k3s else None, replicas=args.replicas,
             ),
+            opts=pulumi.ResourceOptions(depends_on=list(args.after)) if args.after else None,
         )
         directory = self.run(
             f"{name}-data-dir",
@@ -87,7 +152,7 @@ class Host(pulumi.ComponentResource):
             )
             pulumi.log.info(notice, resource=self)
         # Every later command on this host waits for the preflight check and the data directory.
-        self._ready = directory
+        self.remote.ready = directory
         # Outputs derived from the commands carry them as dependencies to every consumer.
         self.preflight = check.stdout
         self.data_dir = directory.stdout.apply(lambda _: args.data_dir)
@@ -106,30 +171,8 @@ class Host(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> command.remote.Command:
         """A root command on this host. With stdin (always a secret) it logs nothing and its output is secret."""
-
-        def root(script: pulumi.Input[str] | None) -> pulumi.Input[str] | None:
-            if script is None:
-                return None
-            return pulumi.Output.from_input(script).apply(lambda s: as_root(s, self.privileged_prefix))
-
-        secret = stdin is not None
-        secret_stdin = pulumi.Output.secret(stdin) if stdin is not None else None
-        options = pulumi.ResourceOptions(
-            parent=parent or self,
-            additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
-            depends_on=[self._ready] if self._ready is not None else None,
-        )
-        return command.remote.Command(
-            name,
-            connection=self.connection,
-            create=root(create),
-            update=root(update),
-            delete=root(delete),
-            stdin=secret_stdin,
-            triggers=triggers,
-            logging=command.remote.Logging.NONE if secret else command.remote.Logging.STDOUT_AND_STDERR,
-            add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions.merge(options, opts),
+        return self.remote.run(
+            name, create=create, update=update, delete=delete, stdin=stdin, triggers=triggers, parent=parent, opts=opts
         )
 
 

@@ -7,10 +7,27 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.host import Host
+from components.host import Host, Remote
+from renderers.k3s_trust import node_pull
 from renderers.verify_script import VerifySpec, render_verify_script, verify_stdin
 
 TYPE = "registry:index:Verify"
+
+
+@dataclass(frozen=True)
+class VerifyNode:
+    """A k3s node other than the server, whose containerd pulls the probe image too."""
+
+    name: str
+    """The node's short name."""
+    remote: Remote
+    """Its SSH connection."""
+    service: str
+    """Its k3s unit."""
+    trigger: pulumi.Input[str]
+    """Its trust file's content hash: the node's pull runs again when it changes."""
+    after: pulumi.Resource
+    """The node's last step (its back check)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,8 @@ class VerifyArgs:
     """What the check re-runs for: the site's and trust file's content hashes, the registry's settings."""
     after: Sequence[pulumi.Resource]
     """Steps that must be done first with no data to show it (the k3s restart)."""
+    nodes: Sequence[VerifyNode] = ()
+    """The cluster's other nodes: each pulls the probe through its own containerd once the check pushed it."""
 
 
 class Verify(pulumi.ComponentResource):
@@ -64,5 +83,13 @@ class Verify(pulumi.ComponentResource):
             parent=self,
             opts=pulumi.ResourceOptions(depends_on=list(args.after)),
         )
+        for node in args.nodes:
+            node.remote.run(
+                f"{name}-{node.name}-pull",
+                create=node_pull(node.name, node.service, args.domain, accept_missing=False),
+                triggers=[*args.triggers, node.trigger],
+                parent=self,
+                opts=pulumi.ResourceOptions(depends_on=[check, node.after]),
+            )
         self.report = check.stdout
         self.register_outputs({"report": self.report})

@@ -6,6 +6,7 @@ import json
 import posixpath
 
 from renderers import shipped
+from renderers.probe_image import PROBE_REPOSITORY, PROBE_TAG
 from renderers.shell import host_tool, q, script
 
 K3S_RESTART_PENDING = "/run/registry/k3s-restart-pending"
@@ -65,4 +66,17 @@ def k3s_restart(service: str) -> str:
         f"  rm -f {q(K3S_RESTART_PENDING)}",
         f"  echo {q(f'{service} restarted if it was running')}",
         f"else echo {q(f'registries.yaml unchanged: {service} not restarted')}; fi",
+    )
+
+
+def node_pull(node: str, service: str, registry: str, *, accept_missing: bool, deadline: int = 180) -> str:
+    """Wait until the node's k3s unit is active and its containerd pulls the probe image with the trust file's
+    credential; with accept_missing the registry's "not found" for a probe not pushed yet is enough."""
+    return script(
+        f"NODE={q(node)}",
+        f"SERVICE={q(service)}",
+        f"REF={q(f'{registry}/{PROBE_REPOSITORY}:{PROBE_TAG}')}",
+        f"DEADLINE={deadline}",
+        f"ACCEPT_MISSING={'yes' if accept_missing else 'no'}",
+        shipped.text(shipped.NODE_PULL).rstrip("\n"),
     )

@@ -147,6 +147,23 @@ def _port_holder_check(port: int, container: str) -> list[str]:
     ]
 
 
+def node_preflight(node: str, service: str, *, registries_file: str, domain: str) -> str:
+    """On a k3s node other than the registry's server: what the trust file steps need, each problem naming the node."""
+    label = f"preflight: node {node}"
+    return script(
+        "problems=''",
+        "fail() { problems=\"${problems}$1\n\"; }",
+        f"command -v python3 >/dev/null 2>&1 || fail {q(f'{label}: python3 is not installed (needed to merge registries.yaml)')}",
+        f"systemctl cat {q(service + '.service')} >/dev/null 2>&1 || "
+        f"fail {q(f'{label}: k3s is not installed: systemd unit {service}.service not found (set the node service to k3s or k3s-agent)')}",
+        f"command -v k3s >/dev/null 2>&1 || fail {q(f'{label}: the k3s binary is not on the PATH (needed for k3s crictl pull)')}",
+        "if [ -n \"$problems\" ]; then printf '%s' \"$problems\" >&2; exit 1; fi",
+        f"[ ! -f {q(registries_file)} ] || echo \"{label}: takes over {registries_file} (mode $(stat -c '%a' {q(registries_file)})): "
+        f"the entry for {domain} under configs is replaced, every other entry and key stays; the file becomes root:root 0600\"",
+        f"echo {q(f'{label}: ok')}",
+    )
+
+
 def takeover_notice(container: str, domain: str, caddyfile: str, registries_file: str | None) -> str:
     """What the first update does to a registry set up by hand; shown in every preview (preflight names what it finds)."""
     parts = [

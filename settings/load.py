@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -50,6 +51,9 @@ def parse_settings(raw: Mapping[str, Any], project: str = "registry") -> Setting
                 f"{project}:backupDir = {backups!r} is invalid; accepted: a directory outside dataDir ({data!r}) that does not contain it"
             )
     errors += _storage_errors(raw, values, project, errors)
+    if "nodes" in values:
+        values["nodes"] = _resolved_nodes(values)
+        errors += _node_errors(values, project)
     if errors:
         raise ConfigError("invalid stack configuration:\n  " + "\n  ".join(errors))
     return Settings(**values)
@@ -88,6 +92,36 @@ def _storage_errors(raw: Mapping[str, Any], values: Mapping[str, Any], project: 
     replicas, port = values.get("registry_replicas", 1), values.get("registry_port", Settings.registry_port)
     if port + replicas - 1 > 65535 and not bad & {"registryReplicas", "registryPort"}:
         found.append(f"{project}:registryReplicas = {str(replicas)!r} is invalid; accepted: at most {65535 - port + 1} with registryPort = {port} (replica i listens on registryPort + i - 1)")
+    return found
+
+
+def _resolved_nodes(values: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Each node with the stack's SSH port, user and registries.yaml path where it names none of its own."""
+    return tuple(
+        dataclasses.replace(
+            node,
+            ssh_port=node.ssh_port or values.get("ssh_port", Settings.ssh_port),
+            ssh_user=node.ssh_user or values.get("ssh_user", Settings.ssh_user),
+            registries_file=node.registries_file or values.get("k3s_registries_file", Settings.k3s_registries_file),
+        )
+        for node in values["nodes"]
+    )
+
+
+def _node_errors(values: Mapping[str, Any], project: str) -> list[str]:
+    """Every node is a machine of its own: not the registry's server (a node already when k3sTrust) nor another node."""
+    seen: dict[tuple[str, int], str] = {}
+    if values.get("k3s_trust", Settings.k3s_trust):
+        seen[(values.get("host", ""), values.get("ssh_port", Settings.ssh_port))] = "the registry's own server (k3sTrust)"
+    found = []
+    for node in values["nodes"]:
+        where = (node.address, node.ssh_port)
+        if where in seen:
+            found.append(
+                f"{project}:nodes is invalid: node {node.name!r} ({node.address}:{node.ssh_port}) is {seen[where]} "
+                "already; accepted: each node once (set k3sTrust=false to list the registry's server as a node)"
+            )
+        seen.setdefault(where, f"node {node.name!r}")
     return found
 
 

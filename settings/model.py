@@ -14,6 +14,29 @@ class ConfigError(ValueError):
     """Raised with every invalid setting listed, one per line."""
 
 
+K3S_SERVICES = ("k3s", "k3s-agent")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A k3s node other than the registry's own server, reached over SSH with the stack's private key."""
+
+    name: str
+    """Short name: resource names (`k3s-<name>-file`) and every message about the node use it."""
+    address: str
+    """DNS name or IP the program's SSH connection reaches the node at."""
+    ssh_port: int | None = None
+    """SSH port; the stack's sshPort when None."""
+    ssh_user: str | None = None
+    """SSH login; the stack's sshUser when None."""
+    ssh_host_key: str | None = None
+    """Pinned public host key line; unchecked when None."""
+    service: str = "k3s-agent"
+    """The node's k3s unit: k3s on a server, k3s-agent on an agent."""
+    registries_file: str | None = None
+    """The node's registries.yaml; the stack's k3sRegistriesFile when None."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated stack settings; field names mirror the config keys (snake_case)."""
@@ -89,7 +112,9 @@ class Settings:
     k3s_registries_file: str = "/etc/rancher/k3s/registries.yaml"
     """Path of k3s's registries.yaml."""
     registry_ca_file: str | None = None
-    """Path on the host of a CA k3s should trust for the registry (private or test CAs)."""
+    """Path on the host (and on every node) of a CA k3s should trust for the registry (private or test CAs)."""
+    nodes: tuple[NodeSpec, ...] = ()
+    """The cluster's other nodes: each gets the trust file and a restart of its own k3s unit, one node at a time."""
     flux: bool = True
     """Create the Flux pull secret (and image repositories)."""
     kubeconfig: str | None = field(default=None, repr=False)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from settings.model import FLUX_API_VERSIONS, MAX_REPLICAS
+from settings.model import FLUX_API_VERSIONS, K3S_SERVICES, MAX_REPLICAS, NodeSpec
 
 T = TypeVar("T")
 
@@ -193,6 +193,73 @@ def _tag_regexp(raw: str) -> str:
 
 _USER = "1-64 characters of letters, digits and ._@- (no ':' or whitespace)"
 
+_NODE_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+_NODE_KEYS = {
+    "name": "a short name of 1-32 lower-case letters, digits and - (not 'trust')",
+    "address": "a DNS name or IP address",
+    "sshPort": "an integer from 1 to 65535",
+    "user": _USER,
+    "hostKey": "a public key line such as 'ssh-ed25519 AAAA...'",
+    "service": " or ".join(K3S_SERVICES),
+    "registriesFile": _PATH,
+}
+_NODES = (
+    "a JSON list of nodes such as [{\"name\": \"agent-1\", \"address\": \"10.0.0.21\"}]; each with name and address, "
+    "optionally sshPort, user, hostKey, service (k3s-agent by default, or k3s) and registriesFile"
+)
+
+
+def _node(raw: Any) -> tuple[NodeSpec | None, list[str]]:
+    """One node object: the spec, or the problems found (each naming the node and its key)."""
+    if not isinstance(raw, dict):
+        return None, [f"{raw!r} is not an object"]
+    label = f"node {raw.get('name')!r}" if isinstance(raw.get("name"), str) else f"node {raw!r}"
+    problems = [f"{label}: unknown key {key!r} (known: {', '.join(_NODE_KEYS)})" for key in sorted(set(raw) - set(_NODE_KEYS))]
+    problems += [f"{label}: {key} is missing; accepted: {_NODE_KEYS[key]}" for key in ("name", "address") if key not in raw]
+    rules: dict[str, Callable[[Any], bool]] = {
+        "name": lambda v: isinstance(v, str) and bool(_NODE_NAME_RE.match(v)) and v != "trust",
+        "address": lambda v: isinstance(v, str) and v != "" and _is_host(v),
+        "sshPort": lambda v: not isinstance(v, bool) and str(v).isdigit() and 1 <= int(v) <= 65535,
+        "user": lambda v: isinstance(v, str) and bool(_USER_RE.match(v)),
+        "hostKey": lambda v: isinstance(v, str) and bool(_HOST_KEY_RE.match(v.strip())),
+        "service": lambda v: v in K3S_SERVICES,
+        "registriesFile": lambda v: isinstance(v, str) and _is_abs_path(v),
+    }
+    for key, ok in rules.items():
+        if key in raw and not ok(raw[key]):
+            problems.append(f"{label}: {key} = {raw[key]!r} is invalid; accepted: {_NODE_KEYS[key]}")
+    if problems:
+        return None, problems
+    return NodeSpec(
+        name=raw["name"], address=raw["address"],
+        ssh_port=int(raw["sshPort"]) if "sshPort" in raw else None, ssh_user=raw.get("user"),
+        ssh_host_key=raw["hostKey"].strip() if "hostKey" in raw else None,
+        service=raw.get("service", "k3s-agent"), registries_file=raw.get("registriesFile"),
+    ), []
+
+
+def _nodes(raw: Any) -> tuple[NodeSpec, ...]:
+    values = raw
+    if isinstance(raw, str):
+        try:
+            values = json.loads(raw) if raw.strip() else []
+        except json.JSONDecodeError:
+            raise ValueError(_NODES) from None
+    if not isinstance(values, list):
+        raise ValueError(_NODES)
+    specs: list[NodeSpec] = []
+    problems: list[str] = []
+    for item in values:
+        spec, found = _node(item)
+        problems += found
+        if spec is not None:
+            specs.append(spec)
+    names = [s.name for s in specs]
+    problems += [f"node name {n!r} is used twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    if problems:
+        raise ValueError(f"{_NODES} ({'; '.join(problems)})")
+    return tuple(specs)
+
 SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "host": ("host", _str("a DNS name or IP address (not empty)", _is_host)),
     "sshPort": ("ssh_port", _int(1, 65535)),
@@ -232,6 +299,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "k3sTrust": ("k3s_trust", _bool),
     "k3sService": ("k3s_service", _str("a systemd unit name such as k3s or k3s-agent", lambda v: bool(_UNIT_RE.match(v)))),
     "k3sRegistriesFile": ("k3s_registries_file", _str(_PATH, _is_abs_path)),
+    "nodes": ("nodes", _nodes),
     "registryCaFile": ("registry_ca_file", _optional(_str(_PATH, _is_abs_path))),
     "flux": ("flux", _bool),
     "kubeconfig": ("kubeconfig", _optional(_str("kubeconfig contents", lambda v: "apiVersion" in v or "clusters" in v))),

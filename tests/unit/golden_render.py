@@ -82,6 +82,17 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "registry3": [{**TYPICAL, "registryImage": "registry:3.0.0", "gcSchedule": "", "backupSchedule": "daily"}],
     "no-k3s-flux-verify": [{**TYPICAL, "k3sTrust": "false", "flux": "false", "verify": "false"}],
     "takeover": [{**TYPICAL, "existingPushPassword": "ci-pushes-with-this"}],
+    # Two more k3s nodes: an agent with the stack's SSH settings, a second server with its own.
+    "nodes": [
+        {
+            **TYPICAL,
+            "nodes": [
+                {"name": "agent-1", "address": "10.0.0.21"},
+                {"name": "server-2", "address": "10.0.0.12", "sshPort": 2222, "user": "root", "service": "k3s",
+                 "registriesFile": "/etc/rancher/k3s/registries-2.yaml"},
+            ],
+        }
+    ],
     # A second run after credentialRotation changed, with a grace period: the handover and the expiry timer.
     "rotation": [
         {**TYPICAL, "credentialGracePeriod": "2d"},

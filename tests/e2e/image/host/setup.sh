@@ -9,7 +9,8 @@ chmod 0755 /usr/bin/caddy /usr/local/bin/k3s /usr/local/bin/pebble-root /usr/loc
 chmod 0440 /etc/sudoers.d/90-cloud-init-users
 chmod 0644 /etc/caddy/Caddyfile /usr/share/caddy/index.html \
   /etc/systemd/system/caddy.service /etc/systemd/system/pebble.service \
-  /etc/systemd/system/k3s.service /etc/systemd/system/regtest-seed-images.service \
+  /etc/systemd/system/k3s.service /etc/systemd/system/k3s-agent.service \
+  /etc/systemd/system/regtest-seed-images.service \
   /etc/systemd/system/regtest-egress-guard.service \
   /etc/systemd/system/ssh.service.d/*.conf \
   /etc/pebble/pebble-config.json
