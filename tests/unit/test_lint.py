@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import ast
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from renderers.caddy_site import caddy_site_settle
-from tests.harness import ROOT, ProgramRun
-from tests.unit.support import TYPICAL, Programs, shellcheck, tool
+from tests.harness import ROOT
+from tests.unit.support import TYPICAL, Programs, sent_scripts, shellcheck, tool
 
 # Together these reach every branch of the script renderers: sudo or not, k3s checks on or off, every option set.
 VARIANTS = {
@@ -33,19 +31,6 @@ VARIANTS = {
 }
 
 
-def sent_scripts(run: ProgramRun) -> dict[str, str]:
-    """resource.operation -> the script inside `[sudo -n] sh -c '<script>'`."""
-    scripts = {}
-    for command in run.commands:
-        for op in ("create", "update", "delete"):
-            line = command.value(op)
-            if line:
-                argv = shlex.split(line)
-                assert argv[:-1] in (["sh", "-c"], ["sudo", "-n", "sh", "-c"]), line
-                scripts[f"{command.name}.{op}"] = argv[-1]
-    return scripts
-
-
 @pytest.mark.parametrize("config", VARIANTS.values(), ids=VARIANTS.keys())
 def test_every_script_sent_to_the_host_passes_shellcheck(
     programs: Programs, tmp_path: Path, config: dict[str, object]
@@ -54,16 +39,6 @@ def test_every_script_sent_to_the_host_passes_shellcheck(
     expected = {"host-preflight.create", "host-data-dir.create", "registry-container.create", "caddy-site-file.delete"}
     assert expected <= set(scripts)
     shellcheck(tmp_path, scripts)
-
-
-def test_grace_period_scripts_pass_shellcheck(tmp_path: Path) -> None:
-    """The site step during a grace period (only sent after a rotation) and the expiry script it installs."""
-    settle = caddy_site_settle(
-        "/etc/caddy/Caddyfile", "/etc/caddy/sites/registry+1.caddy", "registry.example.test", "127.0.0.1:5000", 1_900_000_000
-    )
-    expire = settle.split("<<'REGISTRY_EXPIRE'\n", 1)[1].split("\nREGISTRY_EXPIRE\n", 1)[0]
-    assert "grace period over" in expire
-    shellcheck(tmp_path, {"settle-grace": settle, "expire": expire})
 
 
 def test_shellcheck_is_not_vacuous(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from renderers.caddy_site import GRACE_SEPARATOR, HANDOVER_SEPARATOR, _with_stdin_part, handover_stdin
+from renderers.caddy_site import GRACE_SEPARATOR, HANDOVER_SEPARATOR
 from tests.harness import ProgramRun, contains_unknown, is_secret, reveal
 from tests.unit.support import TYPICAL, Programs, generated, password
 
@@ -198,15 +198,3 @@ def test_first_preview_shows_the_host_scripts(preview: ProgramRun, first: Progra
     for name in ("host-preflight", "host-data-dir"):
         assert not contains_unknown(preview.named(name).inputs)
         assert preview.named(name).inputs == first.named(name).inputs
-
-
-@pytest.mark.parametrize("part", [0, 1])
-def test_the_handover_step_runs_its_script_on_one_part_of_its_stdin(part: int) -> None:
-    import subprocess
-
-
-    stdin = handover_stdin("site A\nwith both\n", "site B\nsettled\n")
-    out = subprocess.run(
-        ["sh", "-c", _with_stdin_part(part, "cat\n")], input=stdin, capture_output=True, text=True, check=True
-    ).stdout
-    assert out == ("site A\nwith both\n" if part == 0 else "site B\nsettled\n")

@@ -1,48 +1,36 @@
-"""Tag retention: which tags stay, what gets deleted, the settings, and its place in the GC window (graph under
-Pulumi's mocks)."""
+"""host/usr/local/lib/registry-maintenance/retention.py as plain functions: which tags stay and what gets deleted."""
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-from components.registry import CONTAINER, ENV_FILE
-from renderers import shipped
-from renderers.maintenance_install import maintenance_install, maintenance_remove
-from renderers.maintenance_script import MAINTENANCE_SCRIPT, MaintenanceSpec, render_maintenance_script
 from renderers.retention_config import (
-    RETENTION_CONFIG,
-    RETENTION_SCRIPT,
-    RetentionSpec,
-    render_retention_config,
     retention_script,
 )
-from settings.load import parse_settings
-from settings.model import SEMVER_TAG, ConfigError
-from tests.unit.support import TYPICAL, Programs, shellcheck
-from tests.unit.test_operations import _script, heredoc_files
+from tests.unit.support import DEFAULT_KEEP, Policy, Rule, retention
 
-if TYPE_CHECKING:  # the shipped files, by the names pyproject.toml's mypy_path gives them
-    import retention
-else:
-    retention = shipped.module(shipped.RETENTION)
-
-Policy = retention.Policy
-Rule = retention.Rule
 Tag = retention.Tag
+
+
 parse_created = retention.parse_created
+
+
 parse_crictl_images = retention.parse_crictl_images
+
+
 plan_repository = retention.plan_repository
 
-DEFAULT_KEEP = (SEMVER_TAG, "latest")
+
 DAY = 86400.0
+
+
 T0 = 1_780_000_000.0  # 2026
 
 
@@ -65,9 +53,6 @@ def kept(plan: retention.Plan) -> list[str]:
 
 def deleted(plan: retention.Plan) -> list[str]:
     return sorted(d.tag.name for d in plan.decisions if d.delete)
-
-
-# --- which tags stay ---------------------------------------------------------------------------------------------
 
 
 def test_keeps_the_newest_n_semver_tags_and_what_k3s_runs() -> None:
@@ -169,9 +154,6 @@ def test_first_matching_rule_wins_and_globs_cross_slashes() -> None:
     assert len(kept(plan_repository("team/web", commit_tags(5), rules))) == 1
 
 
-# --- multi-platform images ---------------------------------------------------------------------------------------
-
-
 def test_children_of_a_kept_index_stay_and_those_of_a_deleted_index_go_after_it() -> None:
     tags = [Tag(f"c{i}", digest(f"index{i}"), created=T0 + i * DAY) for i in range(3)]
     children = {digest(f"index{i}"): [digest(f"amd64-{i}"), digest(f"arm64-{i}")] for i in range(3)}
@@ -205,9 +187,6 @@ def test_a_tag_on_a_platform_manifest_of_a_kept_index_is_kept() -> None:
     tags = [Tag("multi", digest("index"), created=T0 + DAY), Tag("amd64-only", digest("amd64"), created=T0)]
     plan = plan_repository("app", tags, policy(1), children={digest("index"): [digest("amd64")]})
     assert kept(plan) == ["amd64-only", "multi"] and plan.deletions == ()
-
-
-# --- parsing what the host reports -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -256,126 +235,6 @@ def test_parse_crictl_images_takes_repo_digests_and_image_ids() -> None:
     assert parse_crictl_images('{"images": []}') == frozenset()
 
 
-# --- settings -----------------------------------------------------------------------------------------------------
-
-
-def test_retention_is_off_by_default_and_keeps_semver_and_latest() -> None:
-    settings = parse_settings({"host": "192.0.2.1"})
-    assert settings.retention is False
-    assert settings.retention_rules == (("*", 10),)
-    assert settings.retention_keep_tags == DEFAULT_KEEP
-    assert settings.retention_protect == ()
-
-
-@pytest.mark.parametrize(
-    ("raw", "field", "expected"),
-    [
-        ({"retention": "true"}, "retention", True),
-        ({"retentionRules": '["ruby-demo-app=5", "team/*=20", "*=100"]'}, "retention_rules", (("ruby-demo-app", 5), ("team/*", 20), ("*", 100))),
-        ({"retentionRules": ["a?c=1"]}, "retention_rules", (("a?c", 1),)),
-        ({"retentionKeepTags": '["release-.*", "stable"]'}, "retention_keep_tags", ("release-.*", "stable")),
-        ({"retentionKeepTags": "[]"}, "retention_keep_tags", ()),
-        ({"retentionProtect": json.dumps(["sha256:" + "0" * 64])}, "retention_protect", ("sha256:" + "0" * 64,)),
-    ],
-)
-def test_retention_settings_accept(raw: dict[str, Any], field: str, expected: Any) -> None:
-    assert getattr(parse_settings({"host": "192.0.2.1", **raw}), field) == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "message"),
-    [
-        ({"retention": "on"}, "registry:retention = 'on' is invalid; accepted: true or false"),
-        ({"retentionRules": '["app"]'}, "registry:retentionRules = '[\"app\"]' is invalid; accepted: a list of PATTERN=N"),
-        ({"retentionRules": '["app=0"]'}, "(bad: 'app=0')"),
-        ({"retentionRules": '["app=10001"]'}, "how many tags to keep (1-10000)"),
-        ({"retentionRules": '["App=3"]'}, "(bad: 'App=3')"),
-        ({"retentionRules": '["a;b=3"]'}, "(bad: 'a;b=3')"),
-        ({"retentionRules": "[]"}, "registry:retentionRules = '[]' is invalid; accepted: a non-empty JSON list of PATTERN=N"),
-        ({"retentionRules": "app=3"}, "accepted: a JSON list of PATTERN=N"),
-        ({"retentionKeepTags": '["v[0-9"]'}, "registry:retentionKeepTags = '[\"v[0-9\"]' is invalid; accepted: a list of Python regular expressions"),
-        ({"retentionKeepTags": '[""]'}, "(bad: '')"),
-        ({"retentionProtect": '["sha256:abc"]'}, "registry:retentionProtect = '[\"sha256:abc\"]' is invalid; accepted: a list of digests such as sha256:<64 lower-case hex>"),
-        ({"retentionProtect": json.dumps(["app@sha256:" + "0" * 64])}, "registry:retentionProtect"),
-    ],
-)
-def test_retention_settings_reject(raw: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        parse_settings({"host": "192.0.2.1", **raw})
-    assert message in str(info.value)
-
-
-# --- the maintenance script and install --------------------------------------------------------------------------
-
-SPEC = MaintenanceSpec(
-    container=CONTAINER, image="registry:2.8.3", port=5000, data_dir="/srv/data/registry", env_file=ENV_FILE,
-    backup_dir="/srv/backups/registry", backup_keep=7,
-    retention=RetentionSpec(enabled=True, rules=(("*", 10),), keep_tags=DEFAULT_KEEP, k3s=True),
-)
-
-
-
-def _function(script: str, name: str) -> list[str]:
-    body = script[script.index(f"{name}() {{") : script.index("\n}\n", script.index(f"{name}() {{"))]
-    return [line.strip() for line in body.splitlines()]
-
-
-def test_gc_deletes_tags_while_caddy_refuses_writes_and_before_the_registry_goes_read_only() -> None:
-    steps = _function(render_maintenance_script(SPEC), "cmd_gc")
-    order = [
-        "take_lock",
-        'refuse_writes "tag retention and garbage collection"',
-        "retention || retention_failed=1",
-        'open_window "garbage collection"',
-        "collect --dry-run",
-        "collect",
-        "close_window",
-    ]
-    assert [steps.index(step) for step in order] == sorted(steps.index(step) for step in order)
-    assert steps[-1].startswith('[ "$retention_failed" = 0 ] || die')
-
-
-def test_retention_talks_to_the_registry_on_loopback_not_through_the_site() -> None:
-    config = json.loads(render_retention_config(SPEC))
-    assert config["registry"] == "http://127.0.0.1:5000"
-    assert config == {
-        "enabled": True, "registry": "http://127.0.0.1:5000", "data_dir": "/srv/data/registry",
-        "rules": [{"repositories": "*", "keep": 10}], "keep_tags": list(DEFAULT_KEEP), "protect": [], "k3s": "required",
-    }
-    assert retention.load_policy(config) == Policy((Rule("*", 10),), DEFAULT_KEEP, frozenset())
-
-
-def test_retention_is_skipped_in_gc_when_off_but_the_preview_stays() -> None:
-    off = MaintenanceSpec(**{**SPEC.__dict__, "retention": RetentionSpec()})
-    script = render_maintenance_script(off)
-    assert "\nRETENTION=off\n" in script and "\nRETENTION=on\n" in render_maintenance_script(SPEC)
-    assert "retention) shift; cmd_retention" in script
-    assert json.loads(render_retention_config(off))["enabled"] is False
-    assert json.loads(render_retention_config(off))["k3s"] == "if-present"
-
-
-def test_retention_command_only_previews() -> None:
-    steps = _function(render_maintenance_script(SPEC), "cmd_retention")
-    assert steps[-1] == "retention --dry-run"
-    assert not any("refuse_writes" in s or "open_window" in s for s in steps)
-
-
-def test_install_ships_the_retention_program_verbatim_and_its_settings() -> None:
-    files = heredoc_files(maintenance_install(SPEC, "Sun *-*-* 03:00:00", ""))
-    assert files[RETENTION_SCRIPT] == shipped.text(shipped.RETENTION)
-    assert files[RETENTION_CONFIG] == render_retention_config(SPEC)
-    remove = maintenance_remove("/srv/backups/registry")
-    removed = shlex.split(next(line for line in remove.splitlines() if line.startswith("rm ")))
-    assert RETENTION_SCRIPT in removed and RETENTION_CONFIG in removed
-
-
-def test_scripts_with_retention_pass_shellcheck(tmp_path: Path) -> None:
-    shellcheck(tmp_path, {
-        "maintenance": render_maintenance_script(SPEC),
-        "install": maintenance_install(SPEC, "Sun *-*-* 03:00:00", "*-*-* 02:30:00"),
-    })
-
-
 def test_the_shipped_program_runs_under_the_host_python_alone(tmp_path: Path) -> None:
     # No import from this repository: the host has only the one file.
     (tmp_path / "retention.py").write_text(retention_script())
@@ -386,32 +245,3 @@ def test_the_shipped_program_runs_under_the_host_python_alone(tmp_path: Path) ->
     assert "--dry-run" in result.stdout
     imports = re.findall(r"^(?:from|import) (\S+)", retention_script(), re.M)
     assert not [m for m in imports if m.split(".")[0] in ("components", "pulumi", "yaml", "tests")]
-
-
-# --- the graph ---------------------------------------------------------------------------------------------------
-
-
-def test_retention_settings_reach_the_host(programs: Programs) -> None:
-    run = programs.ok({
-        **TYPICAL, "retention": "true", "retentionRules": '["ruby-demo-app=5"]',
-        "retentionProtect": json.dumps(["sha256:" + "1" * 64]),
-    })
-    files = heredoc_files(_script(run.named("maintenance-install")))
-    config = json.loads(files[RETENTION_CONFIG])
-    assert config["enabled"] is True and config["rules"] == [{"repositories": "ruby-demo-app", "keep": 5}]
-    assert config["protect"] == ["sha256:" + "1" * 64] and config["k3s"] == "required"
-    assert "\nRETENTION=on\n" in files[MAINTENANCE_SCRIPT]
-    assert "python3 is not installed" in _script(run.named("host-preflight"))
-
-
-def test_retention_off_still_installs_the_preview(programs: Programs) -> None:
-    # (python3 is checked by preflight either way: the registries.yaml merge and the Caddy takeover need it too.)
-    run = programs.ok(TYPICAL)
-    files = heredoc_files(_script(run.named("maintenance-install")))
-    assert json.loads(files[RETENTION_CONFIG])["enabled"] is False
-
-
-def test_the_install_command_stays_well_under_the_kernels_single_argument_limit(programs: Programs) -> None:
-    # The whole install (the retention program included) is one `sh -c` argument: Linux caps one at 128 KiB.
-    command = programs.ok({**TYPICAL, "retention": "true"}).named("maintenance-install").value("create")
-    assert len(command.encode()) < 96 * 1024

@@ -1,8 +1,7 @@
-"""The pure renderers: exact text and parsed structure, then the Caddy site checked and run by a real Caddy."""
+"""renderers/caddyfile.py: the site's exact text, then checked (`caddy validate`, adapted JSON) and served by a real Caddy."""
 
 from __future__ import annotations
 
-import base64
 import http.client
 import http.server
 import json
@@ -21,9 +20,7 @@ from typing import Any
 
 import bcrypt
 import pytest
-import yaml
 
-from components.host import sha256
 from renderers.caddyfile import (
     UPSTREAM_DIR,
     UPSTREAM_SLOTS,
@@ -32,13 +29,12 @@ from renderers.caddyfile import (
     maintenance_error,
     render_caddyfile,
 )
-from renderers.dockerconfigjson import basic_auth_value, dockerconfigjson
-from renderers.registries_yaml import render_registries_yaml
-from renderers.registry_env import render_registry_env
-from tests.unit.support import DOMAIN, free_port, tool
+from renderers.dockerconfigjson import basic_auth_value
+from tests.unit.support import DOMAIN, PULL_PASSWORD, PULL_USER, free_port, tool
 
 PUSH_USER, PUSH_PASSWORD = "robot_user", "PushPassw0rdForUnitTestsOnly0001"
-PULL_USER, PULL_PASSWORD = "k3s_pull", "PullPassw0rdForUnitTestsOnly0002"
+
+
 API_HEADER = "Docker-Distribution-Api-Version"
 
 
@@ -61,9 +57,6 @@ def spec(**overrides: Any) -> SiteSpec:
     }
     values.update(overrides)
     return SiteSpec(**values)
-
-
-# --- render_caddyfile: exact text ------------------------------------------------------------------
 
 
 def _site_text(tls: list[str], allow: list[str]) -> str:
@@ -179,9 +172,6 @@ def test_maintenance_error_is_a_registry_error_body() -> None:
     assert [e["code"] for e in body["errors"]] == ["UNAVAILABLE"]
     assert "read-only for maintenance" in body["errors"][0]["message"]
     assert "`" not in maintenance_error()  # it sits inside a backquoted Caddyfile token
-
-
-# --- render_caddyfile: checked by Caddy -----------------------------------------------------------
 
 
 def caddy_env(home: Path) -> dict[str, str]:
@@ -368,9 +358,6 @@ def test_adapted_site_proxies_to_the_upstream_slots(adapted: dict[str, Any]) -> 
     assert [p["upstreams"] for p in proxies] == [[{"dial": f"{{http.vars.registry_upstream_{i}}}"} for i in range(1, 9)]]
     slots = [d for d in _dicts(adapted) if d.get("handler") == "vars"]
     assert slots == [{"handler": "vars", **{f"registry_upstream_{i}": f"{{file.{UPSTREAM_DIR}/{i}}}" for i in range(1, 9)}}]
-
-
-# --- render_caddyfile: run by a real Caddy in front of a fake registry ----------------------------
 
 
 def plain_http_site(rendered: str, address: str, flag_dir: Path, routes: int = 1) -> str:
@@ -680,53 +667,6 @@ def test_writes_resume_when_the_maintenance_flag_is_gone(live: LiveCaddy) -> Non
     assert live.upstream.reached("PUT", path)
 
 
-# --- the other renderers ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("ca_file", [None, "/etc/rancher/k3s/registry-ca.pem"])
-def test_registries_yaml_trusts_one_registry_with_one_credential(ca_file: str | None) -> None:
-    text = render_registries_yaml(DOMAIN, PULL_USER, PULL_PASSWORD, ca_file)
-    assert text.startswith("# Managed by the registry Pulumi program.\n")
-    expected: dict[str, Any] = {"auth": {"username": PULL_USER, "password": PULL_PASSWORD}}
-    if ca_file:
-        expected["tls"] = {"ca_file": ca_file}
-    assert yaml.safe_load(text) == {"configs": {DOMAIN: expected}}
-    assert "mirrors" not in text
-
-
-@pytest.mark.parametrize("tricky", ["yes", "0123", "1e3", "a: b", "#hash", "'q\"", "null", "~", "- x", "*anchor"])
-def test_registries_yaml_password_survives_yaml_quoting(tricky: str) -> None:
-    doc = yaml.safe_load(render_registries_yaml(DOMAIN, PULL_USER, tricky))
-    assert doc["configs"][DOMAIN]["auth"]["password"] == tricky
-
-
-@pytest.mark.parametrize(
-    ("registry", "user", "pw"),
-    [(DOMAIN, PULL_USER, PULL_PASSWORD), ("registry.example.com:5443", "ci@corp", 'p:w "ü\\')],
-)
-def test_dockerconfigjson_holds_username_password_and_auth(registry: str, user: str, pw: str) -> None:
-    doc = json.loads(dockerconfigjson(registry, user, pw))
-    assert doc == {"auths": {registry: {"username": user, "password": pw, "auth": basic_auth_value(user, pw)}}}
-    assert base64.b64decode(doc["auths"][registry]["auth"]).decode() == f"{user}:{pw}"
-
-
-def test_registry_env_file_is_exact() -> None:
-    assert render_registry_env("s3cr3t") == (
-        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=/var/lib/registry\n"
-        "REGISTRY_STORAGE_DELETE_ENABLED=true\n"
-        "REGISTRY_HTTP_SECRET=s3cr3t\n"
-    )
-
-
-def test_registry_env_file_uses_the_given_container_root() -> None:
-    assert render_registry_env("x", "/data").splitlines()[0] == "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=/data"
-
-
-def test_sha256_is_the_hex_digest_of_the_text() -> None:
-    assert sha256("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-    assert sha256("a") != sha256("b")
-
-
 @pytest.mark.parametrize("user", ["robot_user", "k3s_pull", "a", "ab", "abc", "ci+bot@example.com"])
 def test_basic_prefix_regexp_matches_every_password_of_its_user_and_no_other_user(user: str) -> None:
     pattern = re.compile(f"^(?i:basic) ({basic_prefix_regexp(user)})")
@@ -744,7 +684,6 @@ def test_unknown_user_is_refused_before_basic_auth(adapted: dict[str, Any]) -> N
     unknown = [d for d in _dicts(v2) if d.get("status_code") == 401]
     assert len(unknown) == 1
     assert handlers.index("static_response") < handlers.index("authentication")
-
 
 
 def test_the_upstream_slots_move_between_replicas_at_the_next_request_without_a_reload(tmp_path: Path) -> None:
@@ -780,9 +719,9 @@ def test_the_upstream_slots_move_between_replicas_at_the_next_request_without_a_
         second.stop()
 
 
-# --- render_caddyfile: a credential handover (previous passwords still accepted) --------------------------
-
 OLD_PUSH_PASSWORD, OLD_PULL_PASSWORD = "OldPushPassw0rdForUnitTestsOnly1", "OldPullPassw0rdForUnitTestsOnly2"
+
+
 OLD_PUSH, OLD_PULL = (PUSH_USER, OLD_PUSH_PASSWORD), (PULL_USER, OLD_PULL_PASSWORD)
 
 

@@ -1,4 +1,5 @@
-"""More k3s nodes (`nodes`): the setting, each node's steps on its own connection, the rolling order, the handover."""
+"""components/k3s_node.py under Pulumi's mocks: each node's steps on its own connection, the rolling order, the
+handover, the deploy check's pull through each node."""
 
 from __future__ import annotations
 
@@ -8,74 +9,15 @@ from typing import Any
 import pytest
 
 from renderers.registries_yaml import render_registries_owned
-from settings.load import parse_settings
-from settings.model import ConfigError, NodeSpec
 from tests.harness import ProgramRun, is_secret
-from tests.unit.support import DOMAIN, HOST, PRIVATE_KEY, TYPICAL, Programs, password, shellcheck
-from tests.unit.test_graph import _waits_for
+from tests.unit.support import DOMAIN, NODES, PRIVATE_KEY, TYPICAL, Programs, _waits_for, password, shellcheck
 
-NODES: list[dict[str, Any]] = [
-    {"name": "agent-1", "address": "10.0.0.21"},
-    {"name": "server-2", "address": "10.0.0.12", "sshPort": 2222, "user": "root", "service": "k3s"},
-    {"name": "agent-3", "address": "agent-3.example.com", "registriesFile": "/etc/k3s/registries.yaml"},
-]
 NODE_STEPS = ("preflight", "file", "restart", "back")
 
 
 @pytest.fixture(scope="module")
 def cluster(programs: Programs) -> ProgramRun:
     return programs.ok({**TYPICAL, "sshPrivateKey": PRIVATE_KEY, "nodes": NODES})
-
-
-@pytest.fixture(scope="module")
-def typical(programs: Programs) -> ProgramRun:
-    return programs.ok(TYPICAL)
-
-
-# --- the setting ---------------------------------------------------------------------------------------
-
-
-def test_nodes_take_the_stack_ssh_settings_unless_they_name_their_own() -> None:
-    settings = parse_settings({"host": HOST, "sshPort": "2200", "sshUser": "deploy", "nodes": NODES})
-    assert settings.nodes == (
-        NodeSpec("agent-1", "10.0.0.21", 2200, "deploy", None, "k3s-agent", "/etc/rancher/k3s/registries.yaml"),
-        NodeSpec("server-2", "10.0.0.12", 2222, "root", None, "k3s", "/etc/rancher/k3s/registries.yaml"),
-        NodeSpec("agent-3", "agent-3.example.com", 2200, "deploy", None, "k3s-agent", "/etc/k3s/registries.yaml"),
-    )
-    assert parse_settings({"host": HOST, "nodes": '[{"name": "a", "address": "10.0.0.2"}]'}).nodes[0].name == "a"
-    assert parse_settings({"host": HOST}).nodes == ()
-
-
-@pytest.mark.parametrize(
-    ("nodes", "message"),
-    [
-        ('{"name": "a"}', "a JSON list of nodes"),
-        ([{"name": "a"}], "node 'a': address is missing"),
-        ([{"address": "10.0.0.2"}], "name is missing"),
-        ([{"name": "Agent_1", "address": "10.0.0.2"}], "node 'Agent_1': name = 'Agent_1' is invalid"),
-        ([{"name": "trust", "address": "10.0.0.2"}], "not 'trust'"),
-        ([{"name": "a", "address": "10.0.0.2", "service": "k3s-server"}], "service = 'k3s-server' is invalid; accepted: k3s or k3s-agent"),
-        ([{"name": "a", "address": "10.0.0.2", "sshPort": 0}], "sshPort = 0 is invalid"),
-        ([{"name": "a", "address": "10.0.0.2", "user": "a b"}], "user = 'a b' is invalid"),
-        ([{"name": "a", "address": "10.0.0.2", "registriesFile": "etc/r.yaml"}], "registriesFile = 'etc/r.yaml' is invalid"),
-        ([{"name": "a", "address": "10.0.0.2", "port": 22}], "node 'a': unknown key 'port'"),
-        ([{"name": "a", "address": "10.0.0.2"}, {"name": "a", "address": "10.0.0.3"}], "node name 'a' is used twice"),
-        ([{"name": "a", "address": HOST}], f"node 'a' ({HOST}:22) is the registry's own server (k3sTrust) already"),
-        ([{"name": "a", "address": "10.0.0.2"}, {"name": "b", "address": "10.0.0.2"}], "node 'b' (10.0.0.2:22) is node 'a' already"),
-    ],
-)
-def test_bad_nodes_are_rejected_naming_the_node_and_key(nodes: Any, message: str) -> None:
-    with pytest.raises(ConfigError, match="registry:nodes") as info:
-        parse_settings({"host": HOST, "nodes": nodes}, "registry")
-    assert message in str(info.value)
-
-
-def test_the_registry_server_may_be_a_node_when_k3s_trust_is_off() -> None:
-    settings = parse_settings({"host": HOST, "k3sTrust": "false", "nodes": [{"name": "server", "address": HOST}]})
-    assert settings.nodes[0].address == HOST
-
-
-# --- the graph -----------------------------------------------------------------------------------------
 
 
 def test_without_nodes_the_program_has_no_node_steps(typical: ProgramRun) -> None:

@@ -1,4 +1,5 @@
-"""The retention program's host side against a small in-process registry on loopback: what it reads, deletes, logs."""
+"""host/usr/local/lib/registry-maintenance/retention.py against a small in-process registry on loopback: what it
+reads, deletes, logs."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ if TYPE_CHECKING:  # the shipped file, by the name pyproject.toml's mypy_path gi
 else:
     retention = shipped.module(shipped.RETENTION)
 
+
 T0 = 1_780_000_000.0
+
+
 DAY = 86400.0
 
 

@@ -1,115 +1,13 @@
-"""Network exposure: the registry listens on the server's loopback only, and preflight names what else Docker publishes.
-
-The registry runs with host networking, bound to 127.0.0.1 (no docker-proxy, no container address, no DOCKER-chain
-rule). Every path that (re)creates the container uses the one `docker run` line. The preflight checks run here
-against stand-in `ss`/`docker` commands; tests/e2e/test_network.py runs them, and a neighbour host, for real.
-"""
+"""renderers/preflight.py: the port checks and warnings against stand-in `ss`/`docker`, and the takeover notice."""
 
 from __future__ import annotations
 
-import re
-import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from components.registry import CONTAINER, ENV_FILE
-from renderers.maintenance_script import READ_ONLY_ENV, MaintenanceSpec, render_maintenance_script
-from renderers.preflight import preflight
-from renderers.registry_container import DRAIN_ENV, registry_docker_run, registry_listen_env, registry_run
-from tests.unit.support import TYPICAL, Programs, shellcheck
-from tests.unit.test_lint import sent_scripts
-
-LAUNCH = re.compile(r"\bdocker\s+(container\s+)?(run|create)\s+-")
-"""Any command that makes a container."""
-SPEC = MaintenanceSpec(
-    container=CONTAINER, image="registry:2.8.3", port=5000, data_dir="/srv/data/registry", env_file=ENV_FILE,
-    backup_dir="/srv/backups/registry", backup_keep=7,
-)  # fmt: skip
-
-
-# --- the docker run line ---------------------------------------------------------------------------------------
-
-
-def test_docker_run_uses_host_networking_bound_to_loopback_and_publishes_nothing() -> None:
-    line = registry_docker_run(CONTAINER, "registry:2.8.3", 5123, "/srv/data/registry", ENV_FILE)
-    assert line == (
-        "docker run -d --name registry --label io.registry-program.managed-by=pulumi --restart unless-stopped --network host "
-        "-v /srv/data/registry:/var/lib/registry --env-file /etc/registry/registry.env "
-        "-e REGISTRY_HTTP_ADDR=127.0.0.1:5123 -e REGISTRY_HTTP_DEBUG_ADDR= registry:2.8.3"
-    )
-    argv = shlex.split(line)
-    assert not {"-p", "--publish", "-P", "--publish-all"} & set(argv)
-
-
-def test_listen_settings_bind_loopback_and_switch_the_debug_listener_off() -> None:
-    # An empty REGISTRY_HTTP_DEBUG_ADDR overrides an image config's `http.debug.addr` (Distribution sets the field
-    # from the environment value as given), so no debug/metrics listener can appear on the host's addresses.
-    assert registry_listen_env(5000) == {"REGISTRY_HTTP_ADDR": "127.0.0.1:5000", "REGISTRY_HTTP_DEBUG_ADDR": ""}
-
-
-def test_window_settings_come_after_the_listen_settings_and_cannot_drop_them() -> None:
-    line = registry_docker_run(CONTAINER, "img", 5000, "/d", ENV_FILE, {**DRAIN_ENV, **READ_ONLY_ENV})
-    env = [a for a in shlex.split(line) if "=" in a and a.startswith("REGISTRY_")]
-    assert env[:2] == ["REGISTRY_HTTP_ADDR=127.0.0.1:5000", "REGISTRY_HTTP_DEBUG_ADDR="]
-    assert env[2:] == ["REGISTRY_HTTP_DRAINTIMEOUT=20s", 'REGISTRY_STORAGE_MAINTENANCE_READONLY={"enabled":true}']
-
-
-def test_no_caller_can_change_where_the_registry_listens() -> None:
-    with pytest.raises(ValueError, match="REGISTRY_HTTP_ADDR"):
-        registry_docker_run(CONTAINER, "img", 5000, "/d", ENV_FILE, {"REGISTRY_HTTP_ADDR": ":5000"})
-
-
-def test_deploy_and_both_maintenance_launches_recreate_the_same_networking() -> None:
-    deploy = registry_run(CONTAINER, SPEC.image, SPEC.port, SPEC.data_dir, ENV_FILE)
-    script = render_maintenance_script(SPEC)
-    launches = [line for line in [*deploy.splitlines(), *script.splitlines()] if "docker run -d" in line]
-    assert len(launches) == 3  # deploy, maintenance read-write, maintenance read-only
-    for line in launches:
-        assert "--network host " in line and " -p " not in line, line
-        assert "-e REGISTRY_HTTP_ADDR=127.0.0.1:5000 -e REGISTRY_HTTP_DEBUG_ADDR= " in line, line
-
-
-@pytest.mark.parametrize("port", [5000, 5123])
-def test_every_docker_run_the_program_sends_is_the_registry_line(programs: Programs, port: int) -> None:
-    run = programs.ok({**TYPICAL, "registryPort": str(port)})
-    scripts = sent_scripts(run)
-    lines = [(where, line) for where, text in scripts.items() for line in text.splitlines() if LAUNCH.search(line)]
-    assert {where for where, _ in lines} == {"registry-container.create", "maintenance-install.create"}
-    for where, line in lines:
-        assert f"--network host -v /srv/data/registry:/var/lib/registry --env-file {ENV_FILE} " in line, where
-        assert f"-e REGISTRY_HTTP_ADDR=127.0.0.1:{port} -e REGISTRY_HTTP_DEBUG_ADDR= " in line, where
-        assert not re.search(r"(^|\s)(-p|--publish|-P)(\s|=)", line), where
-    # Caddy's upstream and the preflight's port follow the setting.
-    assert f"127.0.0.1:{port}" in run.named("registry-container").value("create")
-    assert f"port={port}; name=registry" in scripts["host-preflight.create"]
-
-
-def test_every_replica_the_program_runs_is_bound_to_loopback_on_its_own_port(programs: Programs) -> None:
-    config = {
-        **TYPICAL, "registryReplicas": "3", "storage": "s3", "s3Endpoint": "https://s3.example.com", "s3Bucket": "reg",
-        "s3AccessKey": "AKIANET", "s3SecretKey": "net-test-only", "s3CaFile": "/etc/ssl/s3-ca.pem",
-    }  # fmt: skip
-    scripts = sent_scripts(programs.ok(config))
-    lines = [(where, line) for where, text in scripts.items() for line in text.splitlines() if LAUNCH.search(line)]
-    assert {where for where, _ in lines} == {"registry-container.create", "registry-container.update", "maintenance-install.create"}
-    ports = {"registry": 5000, "registry-2": 5001, "registry-3": 5002}
-    seen: dict[str, list[str]] = {}
-    for where, line in lines:
-        for segment in line.split("docker run ")[1:]:  # the maintenance launchers hold one run per replica
-            argv = shlex.split("docker run " + segment.split(" ;;")[0].split("; }")[0].removesuffix(" >/dev/null"))
-            name = argv[argv.index("--name") + 1]
-            env = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
-            assert argv[argv.index("--network") + 1] == "host", (where, name)
-            assert env[:2] == [f"REGISTRY_HTTP_ADDR=127.0.0.1:{ports[name]}", "REGISTRY_HTTP_DEBUG_ADDR="], (where, name)
-            assert not {"-p", "--publish", "-P", "--publish-all"} & set(argv), (where, name)
-            seen.setdefault(where, []).append(name)
-    assert seen["registry-container.create"] == list(ports) == seen["registry-container.update"]
-    assert seen["maintenance-install.create"] == [*ports, *ports]  # read-write and read-only
-
-
-# --- preflight: the registry's port, and every other published container ---------------------------------------
+from components.registry import CONTAINER
+from renderers.preflight import preflight, takeover_notice
+from tests.unit.support import DOMAIN, shellcheck
 
 
 def _fake_host(
@@ -245,3 +143,22 @@ def test_every_other_published_container_gets_a_warning_and_is_left_alone(tmp_pa
 
 def test_preflight_passes_shellcheck(tmp_path: Path) -> None:
     shellcheck(tmp_path, {"preflight": _preflight_script(True, "k3s-agent", 5000, tmp_path)})
+
+
+def test_preflight_checks_every_replica_port_against_its_own_container() -> None:
+    common = {"registry_port": 5000, "container": CONTAINER, "data_dir": "/d", "domain": "r.example.com",
+              "caddyfile": "/etc/caddy/Caddyfile", "registries_file": None}  # fmt: skip
+    one, three = preflight(False, "k3s", **common), preflight(False, "k3s", **common, replicas=3)  # type: ignore[arg-type]
+    assert "port=5001" not in one
+    for port, name in ((5000, "registry"), (5001, "registry-2"), (5002, "registry-3")):
+        assert f"port={port}; name={name}" in three
+    assert "case \"$cname\" in registry-2|registry-3) continue ;; esac" in three
+
+
+def test_the_preview_notice_says_what_a_first_update_takes_over() -> None:
+    notice = takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", "/etc/rancher/k3s/registries.yaml")
+    assert "a container named registry is replaced" in notice
+    assert f"an inline site for {DOMAIN} in /etc/caddy/Caddyfile is replaced" in notice
+    assert "Caddyfile.YYYYMMDD-HHMMSS.bak" in notice and "other sites stay" in notice
+    assert "/etc/rancher/k3s/registries.yaml is merged" in notice and "every other entry and key stays" in notice
+    assert "registries.yaml" not in takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", None)

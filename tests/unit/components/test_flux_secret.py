@@ -1,0 +1,82 @@
+"""components/flux_secret.py under Pulumi's mocks: the dockerconfigjson secret, the ImageRepositories, their provider."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.harness import ProgramRun, is_secret
+from tests.unit.support import (
+    DOMAIN,
+    KUBECONFIG,
+    password,
+)
+
+IMAGE_REPOSITORY = "kubernetes:image.toolkit.fluxcd.io/{}:ImageRepository"
+
+
+def test_flux_secret_is_a_dockerconfigjson_in_flux_system(typical: ProgramRun) -> None:
+    secret = typical.named("flux-secret")
+    assert secret.type == "kubernetes:core/v1:Secret"
+    assert secret.value("type") == "kubernetes.io/dockerconfigjson"
+    assert secret.value("metadata") == {"name": "registry-credentials", "namespace": "flux-system"}
+    assert list(secret.value("stringData")) == [".dockerconfigjson"]
+
+
+def test_flux_dockerconfigjson_authenticates_the_pull_user(typical: ProgramRun) -> None:
+    doc = json.loads(typical.named("flux-secret").value("stringData")[".dockerconfigjson"])
+    pull = password(typical, "credentials-pull")
+    assert list(doc["auths"]) == [DOMAIN]
+    assert doc["auths"][DOMAIN]["auth"] == base64.b64encode(f"k3s_pull:{pull}".encode()).decode()
+
+
+@pytest.mark.parametrize(("fixture", "version"), [("typical", "v1"), ("as_root", "v1beta2")])
+def test_one_image_repository_per_image_using_the_secret(
+    request: pytest.FixtureRequest, fixture: str, version: str
+) -> None:
+    run: ProgramRun = request.getfixturevalue(fixture)
+    repos = {r.name: r for r in run.registrations if r.type.endswith(":ImageRepository")}
+    assert sorted(repos) == ["flux-ruby-demo-app", "flux-team-api"]
+    for name, image in (("ruby-demo-app", "ruby-demo-app"), ("team-api", "team/api")):
+        repo = repos[f"flux-{name}"]
+        assert repo.type == IMAGE_REPOSITORY.format(version)
+        assert repo.value("apiVersion") == f"image.toolkit.fluxcd.io/{version}"
+        assert repo.value("kind") == "ImageRepository"
+        assert repo.value("metadata") == {"name": name, "namespace": "flux-system"}
+        assert repo.value("spec") == {
+            "image": f"{DOMAIN}/{image}",
+            "interval": "5m",
+            "secretRef": {"name": "registry-credentials"},
+        }
+
+
+def test_cluster_resources_use_the_component_provider(typical: ProgramRun) -> None:
+    provider = typical.named("flux-cluster")
+    assert provider.type == "pulumi:providers:kubernetes"
+    assert provider.value("enableSecretMutable") in (True, "true")
+    cluster = [r for r in typical.registrations if r.type.startswith("kubernetes:")]
+    assert len(cluster) == 3
+    assert all(r.provider == f"{provider.urn}::flux-cluster-id" for r in cluster)
+
+
+def test_disabling_flux_removes_every_kubernetes_resource(bare: ProgramRun) -> None:
+    assert not bare.by_type("registry:index:FluxSecret")
+    assert not [r for r in bare.registrations if "kubernetes" in r.type]
+    assert {r.name for r in bare.registrations} >= {
+        "host", "credentials", "registry", "caddy-site",
+        "host-preflight", "host-data-dir", "credentials-push", "credentials-pull", "credentials-http-secret",
+        "registry-container", "caddy-site-file",
+    }
+
+
+def test_kubeconfig_is_handed_to_the_provider_as_a_secret(as_root: ProgramRun, typical: ProgramRun) -> None:
+    provider = as_root.named("flux-cluster")
+    assert is_secret(provider.inputs["kubeconfig"])
+    assert provider.value("kubeconfig") == KUBECONFIG
+    assert typical.named("flux-cluster").value("kubeconfig") is None
+
+
+def test_flux_secret_string_data_is_secret(typical: ProgramRun) -> None:
+    assert is_secret(typical.named("flux-secret").inputs["stringData"])
