@@ -830,10 +830,12 @@ def start_host(
     image: str | None = None,
     timeout: float = 180,
     allow_egress: bool = False,
+    domain_address: str = "127.0.0.1",
 ) -> TestHost:
     """Build images if needed and start a fresh host container (replacing one of that name).
 
-    The host can only reach itself and its containers unless allow_egress (regtest-egress-guard).
+    The host can only reach itself and its containers unless allow_egress (regtest-egress-guard). The registry
+    domain resolves to domain_address inside it (the host itself by default; another host's, for a cluster node).
     """
     image = image or build_images(registry3=False, s3=False).host
     key = ensure_keypair(key_dir or default_key_dir(name))
@@ -844,7 +846,7 @@ def start_host(
         res = run(
             ["docker", "run", "-d", "--name", name, "--hostname", name, *SYSTEMD_RUN_FLAGS, *HOST_VOLUMES,
              "--label", f"{LABEL}=host", "--label", f"{LABEL}.domain={domain}", "--label", f"{LABEL}.key={key}",
-             "--add-host", f"{domain}:127.0.0.1", *(["-e", "REGTEST_ALLOW_EGRESS=1"] if allow_egress else []),
+             "--add-host", f"{domain}:{domain_address}", *(["-e", "REGTEST_ALLOW_EGRESS=1"] if allow_egress else []),
              "-p", f"127.0.0.1:{ssh_port}:22", "-p", f"127.0.0.1:{https_port}:443",
              image, "/sbin/init"],
             check=False, timeout=120,

@@ -1,0 +1,59 @@
+"""Two test hosts on one Docker network: the registry's server (the session's test host, running the k3s server
+stand-in) and an agent host running the `k3s-agent` stand-in, which resolves the registry's domain to the server."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from tests.e2e.clients import REGISTRY_CA_FILE
+from tests.e2e.testhost import TestHost, docker, start_host
+
+
+@dataclass
+class Cluster:
+    server: TestHost
+    agent: TestHost
+    network: str
+    server_address: str
+    """The server's address on the network (what the agent resolves the registry's domain to)."""
+
+    def node(self, name: str = "agent-1") -> dict[str, Any]:
+        """The agent as an entry of the `nodes` setting: reached like the server, on its own SSH port."""
+        return {"name": name, "address": self.agent.ssh_host, "sshPort": self.agent.ssh_port,
+                "hostKey": self.agent.host_key()}  # fmt: skip
+
+    def trust_server_ca(self) -> None:
+        """The agent's containerd trusts what the server's k3s trusts (registryCaFile: Pebble's current roots)."""
+        self.agent.exec(
+            f"install -d -m 0755 /etc/rancher/k3s && cat > {REGISTRY_CA_FILE}", input=self.server.pebble_root().encode()
+        )
+
+    def remove(self) -> None:
+        self.agent.remove()
+        docker("network", "disconnect", "-f", self.network, self.server.name, check=False)
+        docker("network", "rm", self.network, check=False)
+
+
+def start_cluster(server: TestHost, agent_name: str) -> Cluster:
+    """Put the server on `<server>-net` (10.233.X.0/24, X from its name) and start the agent host there, logging in
+    with the server's key, its k3s unit swapped for k3s-agent. Both keep their default network (the egress guard's
+    uplink): traffic between them stays on the cluster network."""
+    network = f"{server.name}-net"
+    octet = int(hashlib.sha256(network.encode()).hexdigest(), 16) % 250 + 1
+    server_address, agent_address = f"10.233.{octet}.2", f"10.233.{octet}.3"
+    docker("rm", "-f", "-v", agent_name, check=False)
+    docker("network", "disconnect", "-f", network, server.name, check=False)
+    docker("network", "rm", network, check=False)
+    docker("network", "create", "--subnet", f"10.233.{octet}.0/24", network)
+    docker("network", "connect", "--ip", server_address, network, server.name)
+    agent = start_host(
+        agent_name, server.domain, key_dir=server.private_key_path.parent, domain_address=server_address
+    )
+    docker("network", "connect", "--ip", agent_address, network, agent.name)
+    agent.exec(
+        "systemctl disable --now k3s.service && rm -f /var/lib/k3s-standin/starts.log && "
+        "systemctl enable --now k3s-agent.service && systemctl is-active k3s-agent.service"
+    )
+    return Cluster(server, agent, network, server_address)
