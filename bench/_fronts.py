@@ -210,80 +210,15 @@ def start_caddy(procs: Processes, work: Path, name: str, upstream: str, creds: C
 
 # --- nginx, as Distribution's documentation configures it ------------------------------------------------------
 
-# The recipe's auth/nginx.conf, adapted only in paths and the listen address; a few lines a private nginx copy
-# needs (daemon off, pid and temp paths, logs) are marked "bench:".
-NGINX_DOC = """\
-daemon off;                                   # bench: foreground, owned by the benchmark
-user root;                                    # bench: temp files live in the benchmark's own folder
-pid {work}/{name}.pid;                        # bench
-error_log {work}/{name}.error.log;            # bench
-events {{
-    worker_connections  1024;
-}}
+NGINX_DOC = Path(__file__).with_name("nginx-doc.conf")
+"""The recipe's auth/nginx.conf, adapted only in paths and the listen address; a few lines a private nginx copy needs
+(daemon off, pid and temp paths, logs) are marked "bench:". `{name}` marks a value start_nginx fills in."""
 
-http {{
-  access_log {work}/{name}.access.log;        # bench: nginx's default access log, moved
-  client_body_temp_path {work}/{name}-body;   # bench
-  proxy_temp_path {work}/{name}-proxy;        # bench
 
-  upstream docker-registry {{
-    server {upstream};
-{upstream_extra}  }}
+def fill(template: str, **values: object) -> str:
+    """`template` with each `{key}` replaced by its value (nginx's own braces never enclose a bare word)."""
+    return re.sub(r"\{(\w+)\}", lambda m: str(values[m[1]]), template)
 
-  ## Set a variable to help us decide if we need to add the
-  ## 'Docker-Distribution-Api-Version' header.
-  ## The registry always sets this header.
-  ## In the case of nginx performing auth, the header is unset
-  ## since nginx is auth-ing before proxying.
-  map $upstream_http_docker_distribution_api_version $docker_distribution_api_version {{
-    '' 'registry/2.0';
-  }}
-
-  server {{
-    listen {listen} ssl;
-    server_name localhost;
-
-    # SSL
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-
-    # Recommendations from https://raymii.org/s/tutorials/Strong_SSL_Security_On_nginx.html
-    ssl_protocols TLSv1.1 TLSv1.2;
-    ssl_ciphers 'EECDH+AESGCM:EDH+AESGCM:AES256+EECDH:AES256+EDH';
-    ssl_prefer_server_ciphers on;
-    ssl_session_cache shared:SSL:10m;
-
-    # disable any limits to avoid HTTP 413 for large image uploads
-    client_max_body_size 0;
-
-    # required to avoid HTTP 411: see Issue #1486 (https://github.com/moby/moby/issues/1486)
-    chunked_transfer_encoding on;
-
-    location /v2/ {{
-      # Do not allow connections from docker 1.5 and earlier
-      # docker pre-1.6.0 did not properly set the user agent on ping, catch "Go *" user agents
-      if ($http_user_agent ~ "^(docker\\/1\\.(3|4|5(?!\\.[0-9]-dev))|Go ).*$" ) {{
-        return 404;
-      }}
-
-      # To add basic authentication to v2 use auth_basic setting.
-      auth_basic "Registry realm";
-      auth_basic_user_file {htpasswd};
-
-      ## If $docker_distribution_api_version is empty, the header is not added.
-      ## See the map directive above where this variable is defined.
-      add_header 'Docker-Distribution-Api-Version' $docker_distribution_api_version always;
-
-      proxy_pass                          http://docker-registry;
-      proxy_set_header  Host              $http_host;   # required for docker client's sake
-      proxy_set_header  X-Real-IP         $remote_addr; # pass on real client's IP
-      proxy_set_header  X-Forwarded-For   $proxy_add_x_forwarded_for;
-      proxy_set_header  X-Forwarded-Proto $scheme;
-      proxy_read_timeout                  900;
-{location_extra}    }}
-  }}
-}}
-"""
 
 # What a tuned nginx front adds: stream request and response bodies instead of spooling them to disk, and
 # keep-alive HTTP/1.1 to the registry. The htpasswd file stays bcrypt at the same cost (nginx has no hash cache,
@@ -327,7 +262,8 @@ def start_nginx(procs: Processes, work: Path, name: str, upstream: str, creds: C
     for sub in ("body", "proxy"):
         (work / f"{name}-{sub}").mkdir(exist_ok=True)
     conf = work / f"{name}.conf"
-    conf.write_text(NGINX_DOC.format(
+    conf.write_text(fill(
+        NGINX_DOC.read_text(),
         work=work, name=name, upstream=upstream, listen=f"{LOOPBACK}:{port}", cert=ca.cert, key=ca.key,
         htpasswd=htpasswd, location_extra=NGINX_TUNED_LOCATION if tuned else "",
         upstream_extra=NGINX_TUNED_UPSTREAM if tuned else "",

@@ -125,18 +125,21 @@ class Engine:
         return auto.PulumiCommand(root=str(self.toolchain.bin_dir.parent), skip_version_check=True)
 
 
-def make_project(dest: Path, venv: Path | None = None) -> Path:
+def make_project(dest: Path, venv: Path | None = None, source: Path = ROOT) -> Path:
     """A project folder for one or more stacks: Pulumi.yaml (its virtualenv pointed at `venv`, default the
-    repository's), and links to the program. Stack files and anything Pulumi writes stay in `dest`, never in the
-    repository."""
+    repository's), and links to the program in `source` (default this checkout; another tree, such as an older
+    commit's, to run that code). Stack files and anything Pulumi writes stay in `dest`, never in `source`. Calling it
+    again with another `source` points the same folder, and so its stacks, at that code."""
     dest.mkdir(parents=True, exist_ok=True)
-    text = (ROOT / "Pulumi.yaml").read_text()
+    text = (source / "Pulumi.yaml").read_text()
     text = text.replace("virtualenv: .venv", f"virtualenv: {venv or ROOT / '.venv'}", 1)
     (dest / "Pulumi.yaml").write_text(text)
     for name in PROGRAM_FILES:
         link = dest / name
-        if not link.exists():
-            link.symlink_to(ROOT / name)
+        if link.is_symlink() and link.resolve() != (source / name).resolve():
+            link.unlink()
+        if not link.exists() and not link.is_symlink() and (source / name).exists():
+            link.symlink_to(source / name)
     return dest
 
 

@@ -479,6 +479,16 @@ def _start_caddy(home: Path, site: str, admin: int, port: int) -> subprocess.Pop
     return proc
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a Caddy this module started: politely, then for sure."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _wait_listening(proc: subprocess.Popen[bytes], ports: list[int], log: Path) -> None:
     deadline = time.monotonic() + 20
     pending = list(ports)
@@ -523,12 +533,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCaddy]:
         _wait_listening(proc, [admin, open_, inside, outside], log)
         yield LiveCaddy(upstream, open_, inside, outside, flag_dir / "read-only")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         upstream.stop()
 
 
@@ -774,12 +779,7 @@ def handover(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCaddy]:
     try:
         yield LiveCaddy(upstream, port, port, port, flag_dir / "read-only")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         upstream.stop()
 
 
