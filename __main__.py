@@ -1,6 +1,8 @@
 """Private registry for a self-hosted k3s cluster: config -> components -> stack outputs."""
 
 import pulumi
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.settings import get_monitor
 
 from components.caddy_site import CaddySite, CaddySiteArgs
 from components.credentials import Credentials, CredentialsArgs
@@ -14,11 +16,15 @@ from components.verify import Verify, VerifyArgs, VerifyNode
 from renderers.dockerconfigjson import dockerconfigjson
 from renderers.registry_env import StorageSpec
 from renderers.retention_config import RetentionSpec
+from settings.cluster import check_cluster
 from settings.load import parse_settings, project_config
 from settings.model import ConfigError
 
 try:
     cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
+    # A cluster that cannot be reached stops the program before it changes the host (unit tests' mocks have none).
+    if cfg.flux and cfg.kubeconfig is not None and not isinstance(get_monitor(), MockMonitor):
+        check_cluster(cfg.kubeconfig, pulumi.get_project())
 except ConfigError as exc:  # the message names each bad setting; a stack trace would only hide it
     raise pulumi.RunError(str(exc)) from None
 storage = StorageSpec(
@@ -82,7 +88,7 @@ for node in nodes:
 flux = FluxSecret("flux", FluxSecretArgs(
     registry=cfg.domain, username=cfg.pull_user, password=pull_password, kubeconfig=cfg.kubeconfig,
     namespace=cfg.flux_namespace, secret_name=cfg.flux_secret_name, images=cfg.flux_images,
-    api_version=cfg.flux_api_version, interval=cfg.flux_interval, after=[site.handover],
+    api_version=cfg.flux_api_version, interval=cfg.flux_interval, ca_cert=cfg.flux_ca_cert, after=[site.handover],
 )) if cfg.flux else None
 site.finish(after=[r for r in (trust, *nodes, flux) if r is not None])
 if cfg.verify:

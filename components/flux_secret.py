@@ -33,12 +33,16 @@ class FluxSecretArgs:
     """ImageRepository API version."""
     interval: str
     """Scan interval."""
+    ca_cert: str | None = None
+    """PEM of the registry certificate's CA, stored in `<secret_name>-ca` as `ca.crt` for certSecretRef; None for a
+    CA the controller's system pool already trusts."""
     after: Sequence[pulumi.Resource] = ()
     """The step that makes the site accepting the pull credential live: the secret changes only after it."""
 
 
 class FluxSecret(pulumi.ComponentResource):
-    """Owns the `kubernetes.io/dockerconfigjson` secret in flux-system and the ImageRepositories that use it."""
+    """Owns the `kubernetes.io/dockerconfigjson` secret in flux-system, the CA secret when the registry's certificate
+    comes from a private CA, and the ImageRepositories that use them."""
 
     secret_name: pulumi.Output[str]
 
@@ -64,6 +68,13 @@ class FluxSecret(pulumi.ComponentResource):
             string_data={".dockerconfigjson": config_json},
             opts=pulumi.ResourceOptions.merge(in_cluster, pulumi.ResourceOptions(depends_on=list(args.after))),
         )
+        ca_secret = k8s.core.v1.Secret(
+            f"{name}-ca",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{args.secret_name}-ca", namespace=args.namespace),
+            type="Opaque",
+            string_data={"ca.crt": args.ca_cert},
+            opts=in_cluster,
+        ) if args.ca_cert else None
         for image in args.images:
             k8s.apiextensions.CustomResource(
                 f"{name}-{image.replace('/', '-')}",
@@ -74,6 +85,7 @@ class FluxSecret(pulumi.ComponentResource):
                     "image": f"{args.registry}/{image}",
                     "interval": args.interval,
                     "secretRef": {"name": secret.metadata.name},
+                    **({"certSecretRef": {"name": ca_secret.metadata.name}} if ca_secret else {}),
                 },
                 opts=in_cluster,
             )

@@ -129,6 +129,9 @@ class Settings:
     """Repositories to create Flux ImageRepositories for."""
     flux_interval: str = "5m"
     """How often Flux scans each repository."""
+    flux_ca_cert: str | None = None
+    """PEM of the CA that issues the registry's certificate, for the image-reflector-controller (a private ACME CA):
+    stored in the `<fluxSecretName>-ca` secret each ImageRepository names as certSecretRef; unset for a public CA."""
     verify: bool = True
     """Check the live site through its public name after every change that matters (and the k3s pull path)."""
     gc_schedule: str = "Sun *-*-* 03:00:00"

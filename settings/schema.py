@@ -308,6 +308,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "fluxApiVersion": ("flux_api_version", _str(" or ".join(FLUX_API_VERSIONS), lambda v: v in FLUX_API_VERSIONS)),
     "fluxImages": ("flux_images", _list(_str("repository names", lambda v: bool(_REPO_RE.match(v))), "repository names such as ruby-demo-app")),
     "fluxInterval": ("flux_interval", _str("a Go duration such as 1m or 1h30m", lambda v: bool(_DURATION_RE.match(v)))),
+    "fluxCaCert": ("flux_ca_cert", _optional(_str("PEM certificates (-----BEGIN CERTIFICATE-----)", lambda v: "-----BEGIN CERTIFICATE-----" in v and "PRIVATE KEY" not in v))),
     "verify": ("verify", _bool),
     "gcSchedule": ("gc_schedule", _str(_CALENDAR, _is_calendar)),
     "gcDeleteUntagged": ("gc_delete_untagged", _bool),

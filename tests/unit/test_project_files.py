@@ -47,7 +47,10 @@ def test_prod_stack_carries_the_seed_values() -> None:
     settings = parse_settings({k.split(":", 1)[1]: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
     assert (settings.domain, settings.acme_email, settings.push_user, settings.ssh_user) == (
         "registry.lvs.me.uk", "letsencrypt@lvs.me.uk", "robot_user", "ubuntu")
-    assert (settings.flux_secret_name, settings.flux_images) == ("registry-credentials", ("ruby-demo-app",))
+    assert (settings.flux_secret_name, settings.flux_images, settings.flux_interval) == (
+        "registry-credentials", ("ruby-demo-app",), "1m")
+    # The seed deployed with `scp ubuntu@app.lvs.me.uk`: SSH goes to the server's own name, not the registry's.
+    assert settings.host == "app.lvs.me.uk"
 
 
 def test_readme_config_reference_documents_every_setting() -> None:

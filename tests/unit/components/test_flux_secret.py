@@ -11,6 +11,8 @@ from tests.harness import ProgramRun, is_secret
 from tests.unit.support import (
     DOMAIN,
     KUBECONFIG,
+    TYPICAL,
+    Programs,
     password,
 )
 
@@ -50,6 +52,21 @@ def test_one_image_repository_per_image_using_the_secret(
             "interval": "5m",
             "secretRef": {"name": "registry-credentials"},
         }
+
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBunit-test-only\n-----END CERTIFICATE-----\n"
+
+
+def test_flux_ca_cert_becomes_a_ca_secret_every_image_repository_names(programs: Programs, typical: ProgramRun) -> None:
+    run = programs.ok({**TYPICAL, "fluxCaCert": CA_PEM})
+    ca = run.named("flux-ca")
+    assert ca.type == "kubernetes:core/v1:Secret"
+    assert ca.value("metadata") == {"name": "registry-credentials-ca", "namespace": "flux-system"}
+    assert ca.value("stringData") == {"ca.crt": CA_PEM}
+    repos = [r for r in run.registrations if r.type.endswith(":ImageRepository")]
+    assert len(repos) == 2
+    assert all(r.value("spec")["certSecretRef"] == {"name": "registry-credentials-ca"} for r in repos)
+    assert not [r for r in typical.registrations if r.name == "flux-ca"]
 
 
 def test_cluster_resources_use_the_component_provider(typical: ProgramRun) -> None:

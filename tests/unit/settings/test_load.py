@@ -114,6 +114,7 @@ REJECTIONS = {
     "grace period over 30 days": ("credentialGracePeriod", "31d", "up to 30d"),
     "grace period fractional": ("credentialGracePeriod", "1.5h", "such as 45m, 6h or 2d"),
     "grace period negative": ("credentialGracePeriod", "-1", "0, or a whole number"),
+    "fluxCaCert not PEM": ("fluxCaCert", "/etc/ssl/ca.pem", "PEM certificates (-----BEGIN CERTIFICATE-----)"),
 }
 
 
