@@ -2,6 +2,8 @@
 # Entry points that also do all the set-up on a fresh Debian machine (run as root):
 #   scripts/dev.sh up              build (or reuse) the Pulumi engine and the disposable local host, then run the real
 #                                  `pulumi up` of the `dev` stack against it (file:// backend in .e2e/pulumi, git-ignored)
+#   scripts/dev.sh up --flux       the same with a Kubernetes API and Flux's controllers on the host (built on first
+#                                  use) and the stack's Flux part on, reaching the API through the published port
 #   scripts/dev.sh pulumi ARGS...  the real CLI on that backend and project (`stack output --show-secrets`, `preview`,
 #                                  `config set`, `destroy --yes`, `--stack OTHER`, ...)
 #   scripts/dev.sh ssh [CMD...]    a shell (or CMD) on the host as the stack's SSH user
@@ -38,11 +40,17 @@ dev_env() {  # PULUMI_HOME, backend, passphrase file, PATH, DEV_PROJECT
 
 case "${1:-}" in
   up)
+    flux=()
+    case "${2:-}" in
+      --flux) flux=(--flux) ;;
+      "") ;;
+      *) echo "usage: scripts/dev.sh up [--flux]" >&2; exit 2 ;;
+    esac
     setup_python
     setup_host_tools
     setup_engine
-    .venv/bin/python -m tests.e2e.testhost up >/dev/null
-    .venv/bin/python -m tests.e2e.devstack prepare
+    .venv/bin/python -m tests.e2e.testhost up "${flux[@]}" >/dev/null
+    .venv/bin/python -m tests.e2e.devstack prepare "${flux[@]}"
     dev_env
     cd "$DEV_PROJECT"
     pulumi up --yes --stack dev --non-interactive --color never
@@ -71,7 +79,7 @@ case "${1:-}" in
     .venv/bin/python -m pytest -q -p no:cacheprovider "${@:2}"
     ;;
   *)
-    echo "usage: scripts/dev.sh up|pulumi ARGS|ssh [CMD]|destroy|test [pytest args]" >&2
+    echo "usage: scripts/dev.sh up [--flux]|pulumi ARGS|ssh [CMD]|destroy|test [pytest args]" >&2
     exit 2
     ;;
 esac

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from renderers.maintenance_script import MAINTENANCE_SCRIPT
 from tests.e2e.testhost import TestHost
@@ -223,7 +224,7 @@ class ProcessSampler:
         self._thread.join(timeout=5)
 
 
-def stack_config(host: TestHost, **overrides: str) -> dict[str, str]:
+def stack_config(host: TestHost, **overrides: Any) -> dict[str, Any]:
     """Stack config for a program run against the test host: its SSH details, the test domain and Pebble."""
     return {
         "host": host.ssh_host,

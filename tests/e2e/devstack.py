@@ -1,6 +1,7 @@
 """The `dev` stack on the disposable local host, for `scripts/dev.sh` (which runs the real CLI on it).
 
-    python -m tests.e2e.devstack prepare   create/select the dev stack, point it at the running test host
+    python -m tests.e2e.devstack prepare [--flux]   create/select the dev stack, point it at the running test host
+                                                     (with --flux: at its Kubernetes API too, Flux on)
     python -m tests.e2e.devstack env       shell lines exporting the CLI's environment and DEV_PROJECT
     python -m tests.e2e.devstack reach     how to reach the registry from this machine
 
@@ -34,7 +35,7 @@ def save_pebble_root(host: testhost.TestHost, path: str) -> None:
     host.exec(f"install -d -m 0755 {shlex.quote(path.rsplit('/', 1)[0])} && pebble-root {shlex.quote(path)}")
 
 
-def prepare(host_name: str, stack: str = STACK) -> engine.Stack:
+def prepare(host_name: str, stack: str = STACK, flux: bool = False) -> engine.Stack:
     host = testhost.attach_host(host_name)
     if host is None:
         raise engine.EngineError(f"test host {host_name} is not running: python -m tests.e2e.testhost up --name {host_name}")
@@ -46,6 +47,11 @@ def prepare(host_name: str, stack: str = STACK) -> engine.Stack:
         shutil.copyfile(committed, stack_file)
     s = engine.Stack(eng, stack, PROJECT_DIR)
     s.configure(host.engine_settings())
+    if flux:
+        # The API through the host's published port, and Pebble's roots (new at every host boot) for the controller.
+        s.configure({"flux": "true", "kubeconfig": host.kubeconfig(), "fluxCaCert": host.pebble_root()})
+    else:
+        s.configure({"flux": "false"})
     config = s.stack.get_all_config()
     ca_file = config.get(f"{engine.PROJECT}:registryCaFile")
     if ca_file and ca_file.value:
@@ -77,10 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["prepare", "env", "reach"])
     parser.add_argument("--host", default=testhost.DEV_NAME, help=f"test host container (default {testhost.DEV_NAME})")
     parser.add_argument("--stack", default=STACK)
+    parser.add_argument("--flux", action="store_true", help="prepare: Flux on, through the host's Kubernetes API")
     args = parser.parse_args(argv)
     try:
         if args.command == "prepare":
-            prepare(args.host, args.stack)
+            prepare(args.host, args.stack, flux=args.flux)
         elif args.command == "env":
             print(env_lines())
         else:

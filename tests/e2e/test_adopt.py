@@ -2,8 +2,7 @@
 
 While the `up` runs, one loop pulls through the site every 0.5 s with the credential in registries.yaml (re-read
 each time) and another pulls through k3s every 5 s. The real Pulumi engine runs every `up` and `destroy` (the module's
-stacks on the session's engine). Flux is off: the test host serves no Kubernetes API yet, so the Flux secret is
-covered by the graph tests (mocks) only until it does.
+stacks on the session's engine). Flux is off: its part runs on the host's Kubernetes API in test_flux.py.
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ the server. First it shows that it does reach a container published the old way 
 seed's registry, made by hand before the program runs): the route, the server's forwarding and the test host's
 egress guard let such traffic through. Then the real Pulumi engine applies the program (`pulumi up`, one stack for the
 module) and the neighbour gets no answer on port 5000 anywhere, while the site answers it on 443 with auth. Flux is
-off: the test host serves no Kubernetes API yet, so the Flux secret is covered by the graph tests (mocks) only until
-it does.
+off: its part runs on the host's Kubernetes API in test_flux.py.
 """
 
 from __future__ import annotations

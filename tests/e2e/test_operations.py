@@ -1,8 +1,7 @@
 """Operations on the real test host: the deploy check, GC while pushes run, reclaiming a deleted image, backup and restore.
 
 The real Pulumi engine applies the program (one stack for the module, on the session's engine); the tests run in file
-order and the last one destroys it. Flux is off: the test host serves no Kubernetes API yet, so the Flux secret is
-covered by the graph tests (mocks) only until it does.
+order and the last one destroys it. Flux is off: its part runs on the host's Kubernetes API in test_flux.py.
 """
 
 from __future__ import annotations

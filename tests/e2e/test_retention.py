@@ -1,8 +1,7 @@
 """Tag retention on the real test host: 30 per-commit tags and 3 semver tags, keep 5, one old tag in use by k3s.
 
 The real Pulumi engine applies the program (one stack for the module, on the session's engine); the tests run in file
-order and the last one destroys it. Flux is off: the test host serves no Kubernetes API yet, so the Flux secret is
-covered by the graph tests (mocks) only until it does.
+order and the last one destroys it. Flux is off: its part runs on the host's Kubernetes API in test_flux.py.
 """
 
 from __future__ import annotations

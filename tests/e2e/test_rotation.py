@@ -13,8 +13,7 @@ site accepts both generations, the previous passwords refused once the update is
 is), plus the order of the steps as the engine's own event stream and the host's logs (Caddy's reloads, the k3s
 stand-in's starts.log) show it.
 
-Flux is off (`flux: false`): the test host serves no Kubernetes API, so the Flux secret's part of the handover is
-covered by the graph tests (mocks) only until it does; real Flux comes with a later issue. The pull credential's
+Flux is off: its part runs on the host's Kubernetes API in test_flux.py. The pull credential's
 switch is followed here through k3s.
 
 The interrupted rotation kills the whole CLI (the engine and its plugins, as a cancelled CI runner does) right after

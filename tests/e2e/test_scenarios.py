@@ -1,7 +1,7 @@
 """The program applied by the real Pulumi engine to the test host over SSH, then the registry used as CI and k3s.
 
-One stack per module; the scenarios run in file order and each states what it changes. Flux is off here: the test
-host serves no Kubernetes API yet, so the Flux secret is covered by the graph tests (mocks) only.
+One stack per module; the scenarios run in file order and each states what it changes. Flux is off: its
+part runs on the host's Kubernetes API in test_flux.py.
 """
 
 from __future__ import annotations

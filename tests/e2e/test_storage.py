@@ -9,8 +9,8 @@ itself refuses writes and that reclaims a deleted image's space (in the data dir
 
 The S3 server is SeaweedFS (`weed mini`, built from its Go module) on the host's 127.0.0.1:8333; the registry
 containers reach it on loopback (host networking). Neither it nor the registry:3 stand-in is in the host image:
-each variant's fixture installs what it uses (testhost.ensure_extras). Flux is off: the test host serves no
-Kubernetes API yet, so the Flux secret is covered by the graph tests (mocks) only.
+each variant's fixture installs what it uses (testhost.ensure_extras). Flux is off: its part
+runs on the host's Kubernetes API in test_flux.py.
 """
 
 from __future__ import annotations

@@ -58,6 +58,35 @@ S3_PACKAGE = "github.com/seaweedfs/seaweedfs/weed"
 S3_EXTRAS_DIR = IMAGE_DIR / "extras" / "s3"
 # On a host that got the S3 server: the digest of what it got (ensure_extras installs again when it differs).
 S3_EXTRAS_MARKER = "/var/lib/regtest-extras/s3"
+# A Kubernetes API and Flux's controllers: each part is built from its own go.mod/go.sum under image/kube/<part>
+# (packages; the module whose config/crd/bases it ships; link flags) and kept as a one-layer image of /usr/local.
+KUBE_DIR = IMAGE_DIR / "kube"
+KUBE_VERSION = "v1.35.4"
+_KUBE_LDFLAGS = " ".join(
+    f"-X {pkg}.{var}={value}"
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+    for var, value in (("gitVersion", KUBE_VERSION), ("gitMajor", "1"), ("gitMinor", KUBE_VERSION.split(".")[1]))
+)
+KUBE_PARTS: dict[str, tuple[tuple[str, ...], str | None, str]] = {
+    "kine": (("github.com/k3s-io/kine",), None, ""),
+    "kubernetes": (
+        ("k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager",
+         "k8s.io/kubernetes/cmd/kubectl"),
+        None, _KUBE_LDFLAGS,
+    ),
+    "image-reflector-controller": (
+        ("github.com/fluxcd/image-reflector-controller",), "github.com/fluxcd/image-reflector-controller", "",
+    ),
+    "notification-controller": (
+        ("github.com/fluxcd/notification-controller",), "github.com/fluxcd/notification-controller", "",
+    ),
+}  # fmt: skip
+KUBE_CRDS = "usr/local/share/regtest-kube/crds"
+# What ensure_extras(flux=True) unpacks at / of a running host beside the binaries (rootfs/), and runs there.
+KUBE_EXTRAS_DIR = IMAGE_DIR / "extras" / "kube"
+KUBE_EXTRAS_MARKER = "/var/lib/regtest-extras/kube"
+KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+API_PORT = 6443
 
 DEFAULT_NAME = "regtest-host"
 DEV_NAME = "regtest-dev"
@@ -246,8 +275,8 @@ def _tree_digest(root: Path, *extra: str) -> str:
 class Images:
     """Tags of the cached images; each tag ends in 12 hex digits of its recipe hash.
 
-    The host chain is base -> packages -> registry -> host (what a host boots from); registry3 (built on packages)
-    and s3 (on nothing) are the extras, installed into a running host by ensure_extras.
+    The host chain is base -> packages -> registry -> host (what a host boots from); registry3 (built on packages),
+    s3 and the kube parts (on nothing) are the extras, installed into a running host by ensure_extras.
     """
 
     base: str
@@ -256,6 +285,8 @@ class Images:
     registry3: str
     s3: str
     host: str
+    kube: tuple[str, ...] = ()
+    """One per KUBE_PARTS entry, in its order."""
 
 
 def image_tags() -> Images:
@@ -266,6 +297,10 @@ def image_tags() -> Images:
     registry3 = _tree_digest(IMAGE_DIR / "registry3", pkgs, REGISTRY3_PACKAGE)
     s3 = _tree_digest(IMAGE_DIR / "s3", S3_PACKAGE)
     host = _tree_digest(IMAGE_DIR / "host", pkgs, registry, _file_sha256(caddy_binary()), *REGISTRY_TAGS)
+    kube = tuple(
+        f"regtest-kube-{part}:{_tree_digest(KUBE_DIR / part, *packages, crds or '', ldflags)[:12]}"
+        for part, (packages, crds, ldflags) in KUBE_PARTS.items()
+    )
     return Images(
         base=f"regtest-hostbase:{base[:12]}",
         packages=f"regtest-hostpkgs:{pkgs[:12]}",
@@ -273,6 +308,7 @@ def image_tags() -> Images:
         registry3=f"regtest-registry3:{registry3[:12]}",
         s3=f"regtest-s3:{s3[:12]}",
         host=f"regtest-host:{host[:12]}",
+        kube=kube,
     )
 
 
@@ -290,15 +326,19 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def build_images(force: bool = False, host: bool = True, registry3: bool = True, s3: bool = True) -> Images:
+def build_images(
+    force: bool = False, host: bool = True, registry3: bool = True, s3: bool = True, kube: bool = False
+) -> Images:
     """Build whatever image of the chain is not cached yet; return the tags.
 
-    host: the host chain (base, packages, registry, host); registry3, s3: those extras (registry3 needs base and
-    packages too). Only what is asked for is built; force rebuilds all of that.
+    host: the host chain (base, packages, registry, host); registry3, s3, kube: those extras (registry3 needs base
+    and packages too; kube is the Kubernetes API and Flux's controllers, each part an image). Only what is asked for
+    is built; force rebuilds all of that.
     """
     ensure_docker()
     tags = image_tags()
     wanted = [t for t, on in ((tags.host, host), (tags.registry, host), (tags.registry3, registry3), (tags.s3, s3)) if on]
+    wanted += list(tags.kube) if kube else []
     if not force and all(image_exists(t) for t in wanted):
         return tags
     with _build_lock():
@@ -314,6 +354,9 @@ def build_images(force: bool = False, host: bool = True, registry3: bool = True,
             _build_registry3(tags.packages, tags.registry3)
         if s3 and (force or not image_exists(tags.s3)):
             _build_s3(tags.s3)
+        for part, tag in zip(KUBE_PARTS, tags.kube, strict=True):
+            if kube and (force or not image_exists(tag)):
+                _build_kube_part(part, tag)
         if host and (force or not image_exists(tags.host)):
             _build_host(tags, tags.host)
         log(f"images ready in {time.monotonic() - t0:.0f}s: {', '.join(wanted)}")
@@ -427,12 +470,18 @@ def _build_registry(packages: str, tag: str) -> None:
     docker("run", "--rm", "--entrypoint", "/bin/registry", tag, "--version")
 
 
-def go_build(recipe: Path, package: str, out: Path, config_from: str | None = None) -> float:
+def go_build(
+    recipe: Path, package: str | Sequence[str], out: Path, config_from: str | None = None, ldflags: str = "",
+    module_dir: str | None = None,
+) -> float:
     """`go build` PACKAGE (static, CGO off) in a throw-away module made of RECIPE's go.mod and go.sum; seconds taken.
 
-    Only those two files are ours: the source comes through the Go module proxy into the module cache. With
-    `config_from` (a module path), that module's cmd/registry/config-dev.yml is copied beside the binary too.
+    Only those two files are ours: the source comes through the Go module proxy into the module cache. Several
+    packages build into the folder `out`. With `config_from` (a module path), that module's
+    cmd/registry/config-dev.yml is copied beside the binary too; with `module_dir`, the folder of that module's
+    source is written to `out`/../module-dir (for files a part ships beside its binaries).
     """
+    packages = [package] if isinstance(package, str) else list(package)
     go = shutil.which("go") or "/usr/local/go/bin/go"
     if not os.access(go, os.X_OK):
         raise TestHostError("the Go toolchain is not installed (needed to build the registry:3 and S3 stand-ins)")
@@ -444,12 +493,19 @@ def go_build(recipe: Path, package: str, out: Path, config_from: str | None = No
     with tempfile.TemporaryDirectory(prefix="regtest-go-") as tmp:
         for name in ("go.mod", "go.sum"):
             shutil.copy(recipe / name, Path(tmp) / name)
+        target = str(out) if len(packages) == 1 else f"{out}/"
         proc = subprocess.run(
-            [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(out), package],
+            [go, "build", "-trimpath", f"-ldflags=-s -w {ldflags}".strip(), "-o", target, *packages],
             cwd=tmp, env=env, capture_output=True, timeout=3000, check=False,
         )  # fmt: skip
         if proc.returncode != 0:
-            raise TestHostError(f"go build {package} failed:\n{_text(proc.stderr)[-3000:]}")
+            raise TestHostError(f"go build {' '.join(packages)} failed:\n{_text(proc.stderr)[-3000:]}")
+        if module_dir:
+            listed = subprocess.run(
+                [go, "list", "-m", "-f", "{{.Dir}}", module_dir], cwd=tmp, env=env, capture_output=True, timeout=300,
+                check=True,
+            )  # fmt: skip
+            (out.parent / "module-dir").write_text(_text(listed.stdout).strip())
         if config_from:
             listed = subprocess.run(
                 [go, "list", "-m", "-f", "{{.Dir}}", config_from], cwd=tmp, env=env, capture_output=True, timeout=300,
@@ -457,7 +513,7 @@ def go_build(recipe: Path, package: str, out: Path, config_from: str | None = No
             )  # fmt: skip
             shutil.copy(Path(_text(listed.stdout).strip()) / "cmd" / "registry" / "config-dev.yml", out.parent / "config.yml")
     seconds = time.monotonic() - t0
-    log(f"go build {package}: {seconds:.0f}s")
+    log(f"go build {' '.join(packages)}: {seconds:.0f}s")
     return seconds
 
 
@@ -502,6 +558,29 @@ def _build_s3(tag: str) -> None:
             imp = subprocess.run(["docker", "import", "-", tag], stdin=f, capture_output=True, timeout=600, check=False)
         if imp.returncode != 0:
             raise TestHostError(f"docker import of the S3 server failed: {_text(imp.stderr)}")
+
+
+def _build_kube_part(part: str, tag: str) -> None:
+    """One part of the Kubernetes API and Flux (KUBE_PARTS): its binaries, and the Flux CRDs of its module, kept as
+    a one-layer image of usr/local/."""
+    packages, crds, ldflags = KUBE_PARTS[part]
+    log(f"kube part {part} -> {tag}")
+    with tempfile.TemporaryDirectory(prefix=f"regtest-kube-{part}-") as build:
+        bin_dir = Path(build) / "bin"
+        bin_dir.mkdir()
+        go_build(KUBE_DIR / part, packages, bin_dir, ldflags=ldflags, module_dir=crds)
+        tar_path = Path(build) / "part.tar"
+        with tarfile.open(tar_path, mode="w") as tar:
+            for binary in sorted(bin_dir.iterdir()):
+                _add_file(tar, binary, f"usr/local/bin/{binary.name}", 0o755)
+            if crds:
+                bases = Path((Path(build) / "module-dir").read_text()) / "config" / "crd" / "bases"
+                for crd in sorted(bases.glob("*.yaml")):
+                    _add_file(tar, crd, f"{KUBE_CRDS}/{crd.name}", 0o644)
+        with tar_path.open("rb") as f:
+            imp = subprocess.run(["docker", "import", "-", tag], stdin=f, capture_output=True, timeout=600, check=False)
+        if imp.returncode != 0:
+            raise TestHostError(f"docker import of kube part {part} failed: {_text(imp.stderr)}")
 
 
 def _extract_s3_binary(tag: str, out: Path) -> None:
@@ -613,9 +692,10 @@ def _check_committed(tag: str) -> None:
 def prune_images(keep: Images | None = None) -> list[str]:
     """Remove regtest-* images other than the current ones (host chain and extras); return what was removed."""
     keep = keep or image_tags()
-    current = {keep.base, keep.packages, keep.registry, keep.registry3, keep.s3, keep.host}
+    current = {keep.base, keep.packages, keep.registry, keep.registry3, keep.s3, keep.host, *keep.kube}
     removed = []
-    for repo in ("regtest-host", "regtest-hostpkgs", "regtest-hostbase", "regtest-registry", "regtest-registry3", "regtest-s3"):
+    repos = ("regtest-host", "regtest-hostpkgs", "regtest-hostbase", "regtest-registry", "regtest-registry3", "regtest-s3")
+    for repo in (*repos, *(f"regtest-kube-{part}" for part in KUBE_PARTS)):
         for tag in docker("images", "--format", "{{.Repository}}:{{.Tag}}", repo).split():
             if tag not in current and run(["docker", "rmi", tag], check=False).returncode == 0:
                 removed.append(tag)
@@ -679,6 +759,8 @@ class TestHost:
     private_key_path: Path
     domain: str = DEFAULT_DOMAIN
     image: str = ""
+    api_port: int = 0
+    """This machine's loopback port published to the host's Kubernetes API (:6443), 0 on a host started without."""
     ssh_host: str = "127.0.0.1"
     user: str = "ubuntu"
     system_state: str = ""
@@ -770,6 +852,14 @@ class TestHost:
         """A known_hosts line pinning the host key for 127.0.0.1:ssh_port."""
         return f"[{self.ssh_host}]:{self.ssh_port} {self.host_key()}"
 
+    def kubeconfig(self) -> str:
+        """The host's admin kubeconfig (ensure_extras(flux=True)) pointed at the published API port, as a user points
+        the kubeconfig k3s wrote at the address they reach their server by."""
+        if not self.api_port:
+            raise TestHostError(f"{self.name} publishes no Kubernetes API port: start it again (start_host)")
+        text = self.exec(f"cat {KUBECONFIG}").stdout
+        return text.replace(f"https://127.0.0.1:{API_PORT}", f"https://{self.ssh_host}:{self.api_port}")
+
     def pebble_root(self, current_only: bool = False) -> str:
         """PEM of Pebble's issuing root(s): current first, then earlier ones of this host."""
         return self.exec("/usr/local/bin/pebble-root" + (" --current" if current_only else "")).stdout
@@ -842,12 +932,13 @@ def start_host(
     docker("rm", "-f", "-v", name, check=False)
     t0 = time.monotonic()
     for attempt in range(3):
-        ssh_port, https_port = _free_port(), _free_port()
+        ssh_port, https_port, api_port = _free_port(), _free_port(), _free_port()
         res = run(
             ["docker", "run", "-d", "--name", name, "--hostname", name, *SYSTEMD_RUN_FLAGS, *HOST_VOLUMES,
              "--label", f"{LABEL}=host", "--label", f"{LABEL}.domain={domain}", "--label", f"{LABEL}.key={key}",
              "--add-host", f"{domain}:{domain_address}", *(["-e", "REGTEST_ALLOW_EGRESS=1"] if allow_egress else []),
              "-p", f"127.0.0.1:{ssh_port}:22", "-p", f"127.0.0.1:{https_port}:443",
+             "-p", f"127.0.0.1:{api_port}:{API_PORT}",
              image, "/sbin/init"],
             check=False, timeout=120,
         )  # fmt: skip
@@ -857,7 +948,8 @@ def start_host(
         if "port is already allocated" not in res.stderr or attempt == 2:
             raise TestHostError(f"docker run of {image} failed: {res.stderr.strip()}")
     host = TestHost(
-        name=name, ssh_port=ssh_port, https_port=https_port, private_key_path=key, domain=domain, image=image
+        name=name, ssh_port=ssh_port, https_port=https_port, private_key_path=key, domain=domain, image=image,
+        api_port=api_port,
     )
     host.exec(
         "install -d -m 0700 -o ubuntu -g ubuntu /home/ubuntu/.ssh && "
@@ -866,7 +958,10 @@ def start_host(
         input=(host.public_key + "\n").encode(),
     )
     host.wait_ready(timeout)
-    log(f"host {name} ready in {time.monotonic() - t0:.1f}s (ssh 127.0.0.1:{ssh_port}, https 127.0.0.1:{https_port})")
+    log(
+        f"host {name} ready in {time.monotonic() - t0:.1f}s "
+        f"(ssh 127.0.0.1:{ssh_port}, https 127.0.0.1:{https_port}, kube API 127.0.0.1:{api_port})"
+    )
     return host
 
 
@@ -886,25 +981,72 @@ def attach_host(name: str) -> TestHost | None:
         private_key_path=Path(labels[f"{LABEL}.key"]),
         domain=labels.get(f"{LABEL}.domain", DEFAULT_DOMAIN),
         image=info["Config"]["Image"],
+        api_port=int(ports[f"{API_PORT}/tcp"][0]["HostPort"]) if ports.get(f"{API_PORT}/tcp") else 0,
     )
     host.system_state = host.exec("systemctl is-system-running", check=False).stdout.strip()
     return host
 
 
-def ensure_extras(host: TestHost, *, registry3: bool = False, s3: bool = False) -> None:
+def ensure_extras(host: TestHost, *, registry3: bool = False, s3: bool = False, flux: bool = False) -> None:
     """Give a running host what only some tests need (none of it is in the host image); idempotent.
 
     registry3: the registry:3 stand-in, loaded into the host's Docker engine and tagged REGISTRY3_TAGS. s3: the S3
     server, SeaweedFS's `weed` at /usr/local/bin with regtest-s3.service (not started: tests start it) and its
-    root-only credentials (image/extras/s3). Builds the stage images first if they are not cached (build_images).
+    root-only credentials (image/extras/s3). flux: a Kubernetes API (kube-apiserver on kine/SQLite, the controller
+    manager) and Flux's image-reflector-controller and notification-controller as services, the Flux CRDs and the
+    flux-system namespace applied, the admin kubeconfig where k3s writes it (image/extras/kube). Builds the stage
+    images first if they are not cached (build_images).
     """
-    if not (registry3 or s3):
+    if not (registry3 or s3 or flux):
         return
-    tags = build_images(host=False, registry3=registry3, s3=s3)
+    tags = build_images(host=False, registry3=registry3, s3=s3, kube=flux)
     if registry3:
         _load_registry3(host, tags.registry3)
     if s3:
         _install_s3(host, tags.s3)
+    if flux:
+        _install_kube(host, tags.kube)
+
+
+def _install_kube(host: TestHost, images: Sequence[str]) -> None:
+    """Unpack the kube parts' usr/local and image/extras/kube/rootfs at / of the host and run install.sh, unless the
+    host has them already and its API answers."""
+    digest = _tree_digest(KUBE_EXTRAS_DIR, *images)
+    installed = host.exec(f"cat {KUBE_EXTRAS_MARKER} && k3s kubectl get --raw /readyz", check=False).stdout.split()
+    if installed[:1] == [digest]:
+        return
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="regtest-kube-") as tmp:
+        payload = Path(tmp) / "kube.tar"
+        with tarfile.open(payload, mode="w") as tar:
+            _add_tree(tar, KUBE_EXTRAS_DIR / "rootfs")
+            for image in images:
+                _copy_usr_local(image, tar)
+        _unpack_at_root(host.name, payload)
+    _exec_script(host.name, KUBE_EXTRAS_DIR / "install.sh")
+    marker = Path(KUBE_EXTRAS_MARKER)
+    host.exec(f"rm -f /tmp/install.sh && install -d -m 0755 {marker.parent} && cat > {marker}", input=digest.encode())
+    log(f"{host.name}: Kubernetes API and Flux controllers installed in {time.monotonic() - t0:.1f}s")
+
+
+def _copy_usr_local(image: str, tar: tarfile.TarFile) -> None:
+    """Add the files under usr/local/ of a one-layer image to tar, root-owned."""
+    name = f"regtest-extract-{image.split(':')[0].removeprefix('regtest-')}-{image.split(':')[1]}"
+    docker("rm", "-f", name, check=False)
+    docker("create", "--name", name, image, "/none")
+    try:
+        export = subprocess.Popen(["docker", "export", name], stdout=subprocess.PIPE)
+        assert export.stdout is not None
+        with tarfile.open(fileobj=export.stdout, mode="r|") as src:
+            for member in src:
+                if member.isfile() and member.name.startswith("usr/local/"):
+                    member.uid = member.gid = 0
+                    member.uname = member.gname = "root"
+                    tar.addfile(member, src.extractfile(member))
+        if export.wait() != 0:
+            raise TestHostError(f"docker export of {image} failed")
+    finally:
+        docker("rm", "-f", name, check=False)
 
 
 def _load_registry3(host: TestHost, image: str) -> None:
@@ -958,6 +1100,7 @@ def _describe(host: TestHost) -> str:
         f"ssh:          ssh -i {host.private_key_path} -p {host.ssh_port} {host.user}@{host.ssh_host}",
         f"https:        127.0.0.1:{host.https_port} -> host :443 (e.g. curl --resolve {host.domain}:{host.https_port}:127.0.0.1 ...)",
         f"domain:       {host.domain} (-> 127.0.0.1 inside the host)",
+        f"kube API:     127.0.0.1:{host.api_port} -> host :{API_PORT} (with --flux: `k3s kubectl` on the host)",
         f"ACME:         {ACME_CA_URL} (Pebble; listener CA {PEBBLE_LISTENER_CA})",
         "pebble root:  run `pebble-root FILE` on the host (changes on every host boot)",
         "",
@@ -975,18 +1118,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="build: rebuild every stage; up: replace a running host")
     parser.add_argument(
         "--dev", action="store_true",
-        help="build: only the host chain (what `up` boots), not the registry:3 and S3 images some tests install",
+        help="build: only the host chain (what `up` boots), not the registry:3, S3 and kube images some tests install",
+    )  # fmt: skip
+    parser.add_argument(
+        "--flux", action="store_true",
+        help="up: also a Kubernetes API and Flux's controllers on the host (built on first use), the API published",
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             t0 = time.monotonic()
-            tags = build_images(force=args.force, registry3=not args.dev, s3=not args.dev)
+            tags = build_images(force=args.force, registry3=not args.dev, s3=not args.dev, kube=not args.dev)
             print(f"{tags.host}\n{tags.registry}\nbuild_images took {time.monotonic() - t0:.1f}s")
         elif args.command == "up":
             host = None if args.force else attach_host(args.name)
-            if host is None or host.domain != args.domain:
+            if host is None or host.domain != args.domain or (args.flux and not host.api_port):
                 host = start_host(args.name, args.domain)
+            if args.flux:
+                ensure_extras(host, flux=True)
             print(_describe(host))
         elif args.command == "down":
             docker("rm", "-f", "-v", args.name, check=False)
