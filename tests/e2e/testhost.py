@@ -673,7 +673,8 @@ def _build_host(images: Images, tag: str) -> None:
 # Only ensure_extras puts these into a host: the host image must not have them.
 EXTRAS_FILES = (
     "/usr/share/regtest/images/registry3.tar", "/usr/local/bin/weed", "/etc/systemd/system/regtest-s3.service",
-    "/etc/regtest-s3",
+    "/etc/regtest-s3", "/usr/local/bin/kube-apiserver", "/usr/local/bin/kubectl", "/usr/local/bin/kine",
+    "/usr/local/bin/image-reflector-controller", "/etc/systemd/system/kube-apiserver.service", KUBECONFIG,
 )  # fmt: skip
 
 
