@@ -17,11 +17,15 @@ from renderers.dockerconfigjson import dockerconfigjson
 from renderers.registry_env import StorageSpec
 from renderers.retention_config import RetentionSpec
 from settings.cluster import check_cluster
-from settings.load import parse_settings, project_config
+from settings.load import parse_settings, project_config, secret_config_keys
 from settings.model import ConfigError
+from settings.refusals import refusals
 
+raw_config = project_config(pulumi.get_project())
 try:
-    cfg = parse_settings(project_config(pulumi.get_project()), pulumi.get_project())
+    cfg = parse_settings(raw_config, pulumi.get_project(), refusals(
+        raw_config, secret_config_keys(pulumi.get_project(), raw_config), pulumi.get_project(), pulumi.get_stack(),
+    ))
     # A cluster that cannot be reached stops the program before it changes the host (unit tests' mocks have none).
     if cfg.flux and cfg.kubeconfig is not None and not isinstance(get_monitor(), MockMonitor):
         check_cluster(cfg.kubeconfig, pulumi.get_project())
@@ -37,7 +41,7 @@ nodes = [
     K3sNode(f"k3s-{n.name}", K3sNodeArgs(
         node=n.name, address=n.address, port=n.ssh_port or cfg.ssh_port, user=n.ssh_user or cfg.ssh_user,
         private_key=cfg.ssh_private_key, host_key=n.ssh_host_key, service=n.service,
-        path=n.registries_file or cfg.k3s_registries_file, registry=cfg.domain,
+        path=n.registries_file or cfg.k3s_registries_file, registry=cfg.domain, check_host_key=cfg.ssh_host_key_check,
     ))
     for n in cfg.nodes
 ]
@@ -46,6 +50,7 @@ host = Host("host", HostArgs(
     host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
     registry_port=cfg.registry_port, container=CONTAINER, domain=cfg.domain, caddyfile=cfg.caddyfile,
     registries_file=cfg.k3s_registries_file, replicas=cfg.registry_replicas, after=[n.preflight for n in nodes],
+    check_host_key=cfg.ssh_host_key_check,
 ))
 creds = Credentials("credentials", CredentialsArgs(
     push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,
@@ -87,6 +92,7 @@ for node in nodes:
     previous = [node.back]
 flux = FluxSecret("flux", FluxSecretArgs(
     registry=cfg.domain, username=cfg.pull_user, password=pull_password, kubeconfig=cfg.kubeconfig,
+    context=cfg.kube_context,
     namespace=cfg.flux_namespace, secret_name=cfg.flux_secret_name, images=cfg.flux_images,
     api_version=cfg.flux_api_version, interval=cfg.flux_interval, ca_cert=cfg.flux_ca_cert, after=[site.handover],
 )) if cfg.flux else None

@@ -22,7 +22,9 @@ class FluxSecretArgs:
     password: pulumi.Input[str]
     """Its password (secret)."""
     kubeconfig: pulumi.Input[str] | None
-    """Kubeconfig contents (secret), or None for the ambient kubeconfig."""
+    """Kubeconfig contents (secret), or None for the ambient kubeconfig (then `context` names the cluster)."""
+    context: str | None
+    """Context to use, of `kubeconfig` or of the ambient kubeconfig."""
     namespace: str
     """Flux's namespace."""
     secret_name: str
@@ -51,6 +53,7 @@ class FluxSecret(pulumi.ComponentResource):
         provider = k8s.Provider(
             f"{name}-cluster",
             kubeconfig=pulumi.Output.secret(args.kubeconfig) if args.kubeconfig is not None else None,
+            context=args.context,
             # A rotated password updates the secret in place instead of deleting and recreating it.
             enable_secret_mutable=True,
             opts=pulumi.ResourceOptions(parent=self),

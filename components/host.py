@@ -1,13 +1,17 @@
-"""The server: its SSH connection, a preflight check, and the registry's data directory (never removed)."""
+"""The server: its SSH connection (to a verified host key), a preflight check, and the registry's data directory."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import shutil
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+import pulumi.dynamic
 import pulumi_command as command
 
 from renderers.data_dir import data_dir
@@ -28,7 +32,7 @@ class HostArgs:
     private_key: pulumi.Input[str] | None
     """Secret private key; the ssh-agent is used when None."""
     host_key: str | None
-    """Pinned host public key, or None to skip the check."""
+    """Pinned host public key; None records the key the host offers on the first `up` (trust on first use)."""
     data_dir: str
     """Registry data directory to create."""
     require_k3s: bool
@@ -49,6 +53,8 @@ class HostArgs:
     """Registry replicas: preflight checks each one's port."""
     after: Sequence[pulumi.Resource] = ()
     """Checks that must pass before anything here runs (every other node's preflight: no change anywhere before)."""
+    check_host_key: bool = True
+    """False connects to whatever answers at `address`, unverified (disposable dev/test hosts only)."""
 
 
 class Remote:
@@ -63,16 +69,25 @@ class Remote:
         private_key: pulumi.Input[str] | None,
         host_key: str | None,
         parent: pulumi.Resource,
+        key_name: str,
+        check_host_key: bool = True,
     ) -> None:
         self.parent = parent
         self.ready: pulumi.Resource | None = None
         self.privileged_prefix = "" if user == "root" else "sudo -n "
+        dial_key: pulumi.Input[str] | None = host_key
+        if host_key is None and check_host_key:
+            recorded = HostKey(key_name, address, port, pulumi.ResourceOptions(parent=parent))
+            dial_key = recorded.key
+            if pulumi.runtime.is_dry_run():
+                recorded.fingerprint.apply(lambda fp: _show_key(parent, address, port, fp))
+        # Every command dials with this key (pulumi-command's fixed-key check): no secret goes to another host.
         self.connection = command.remote.ConnectionArgs(
             host=address,
             port=port,
             user=user,
             private_key=pulumi.Output.secret(private_key) if private_key is not None else None,
-            host_key=host_key,
+            host_key=dial_key,
             dial_error_limit=3,
         )
 
@@ -128,7 +143,7 @@ class Host(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         self.remote = Remote(
             address=args.address, port=args.port, user=args.user, private_key=args.private_key,
-            host_key=args.host_key, parent=self,
+            host_key=args.host_key, parent=self, key_name=f"{name}-key", check_host_key=args.check_host_key,
         )
         self.privileged_prefix = self.remote.privileged_prefix
         self.connection = self.remote.connection
@@ -188,3 +203,97 @@ def public_digest(text: pulumi.Input[str | None]) -> pulumi.Output[str]:
 def sha256(text: str) -> str:
     """Hex digest of a rendered file, used to trigger dependent steps only when content changes."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _show_key(resource: pulumi.Resource, address: str, port: int, fp: str | None) -> None:
+    if fp:
+        pulumi.log.info(
+            f"SSH host key of {address}:{port}: {fp} (trust on first use: recorded by the first update; a different "
+            "key later stops the update)", resource=resource,
+        )
+
+
+# --- the host key, trusted on first use --------------------------------------------------------------------------
+
+KEY_PREFERENCE = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+
+
+def fingerprint(key: str) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key line (`ssh-ed25519 AAAA...`)."""
+    blob = base64.b64decode(key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def offered_keys(keyscan_output: str) -> list[str]:
+    """The `TYPE BASE64` key lines of `ssh-keyscan` output, most preferred type first."""
+    keys = {" ".join(line.split()[1:3]) for line in keyscan_output.splitlines()
+            if not line.startswith("#") and len(line.split()) >= 3 and line.split()[1] in KEY_PREFERENCE}
+    return sorted(keys, key=lambda k: KEY_PREFERENCE.index(k.split()[0]))
+
+
+def scan(address: str, port: int) -> list[str]:
+    """The host keys the server at address:port offers (no login: ssh-keyscan only reads the key exchange)."""
+    keyscan = shutil.which("ssh-keyscan")
+    if keyscan is None:
+        raise HostKeyError(f"ssh-keyscan is not installed here (package openssh-client): the SSH host key of {address}:{port} "
+                           "cannot be read; install it, or pin the key with `pulumi config set sshHostKey 'ssh-ed25519 AAAA...'`")
+    proc = subprocess.run([keyscan, "-T", "10", "-p", str(port), "-t", "ed25519,ecdsa,rsa", address],  # noqa: S603 (argv, no shell)
+                          capture_output=True, text=True, timeout=60, check=False)
+    keys = offered_keys(proc.stdout)
+    if not keys:
+        raise HostKeyError(f"could not read the SSH host key of {address}:{port} ({proc.stderr.strip()[-300:] or 'no answer'}); "
+                           "make the host reachable, or pin its key with `pulumi config set sshHostKey 'ssh-ed25519 AAAA...'`")
+    return keys
+
+
+class HostKeyError(Exception):
+    """The host key cannot be read or is not the recorded one."""
+
+
+def verified_key(recorded: str | None, offered: Sequence[str], where: str) -> str:
+    """The key to dial with: the recorded one if the host still offers it, the preferred offered one on first use."""
+    if not recorded:
+        return offered[0]
+    if " ".join(recorded.split()[:2]) in offered:
+        return recorded
+    raise HostKeyError(
+        f"the SSH host key of {where} changed: recorded {fingerprint(recorded)} ({recorded.split()[0]}), offered now "
+        f"{', '.join(f'{fingerprint(k)} ({k.split()[0]})' for k in offered)}. Stopped before any command ran and before "
+        "any secret was sent: this may not be your server. If the server was rebuilt, check its new key out of band "
+        "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on its console) and pin it: "
+        "`pulumi config set sshHostKey 'ssh-ed25519 AAAA...'`"
+    )
+
+
+class _HostKeyProvider(pulumi.dynamic.ResourceProvider):
+    """Reads the host key at every check (previews too) and refuses a key other than the recorded one."""
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.CheckResult:
+        where = f"{news['address']}:{int(news['port'])}"
+        try:
+            key = verified_key((olds or {}).get("key"), scan(str(news["address"]), int(news["port"])), where)
+        except HostKeyError as exc:
+            return pulumi.dynamic.CheckResult(news, [pulumi.dynamic.CheckFailure("key", str(exc))])
+        return pulumi.dynamic.CheckResult({**news, "key": key, "fingerprint": fingerprint(key)}, [])
+
+    def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
+        return pulumi.dynamic.CreateResult(f"{props['address']}:{int(props['port'])}", props)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.DiffResult:
+        changed = any(olds.get(k) != news.get(k) for k in ("address", "port", "key"))
+        return pulumi.dynamic.DiffResult(changes=changed, replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> pulumi.dynamic.UpdateResult:
+        return pulumi.dynamic.UpdateResult(news)
+
+
+class HostKey(pulumi.dynamic.Resource):
+    """The server's SSH host key as first seen, kept in state; a later `up` against another key stops at its check."""
+
+    key: pulumi.Output[str]
+    fingerprint: pulumi.Output[str]
+
+    def __init__(self, name: str, address: str, port: int, opts: pulumi.ResourceOptions) -> None:
+        super().__init__(
+            _HostKeyProvider(), name, {"address": address, "port": port, "key": None, "fingerprint": None}, opts
+        )

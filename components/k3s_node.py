@@ -27,13 +27,15 @@ class K3sNodeArgs:
     private_key: pulumi.Input[str] | None
     """Secret private key; the ssh-agent is used when None."""
     host_key: str | None
-    """Pinned host public key, or None to skip the check."""
+    """Pinned host public key; None records the key the node offers on the first `up` (trust on first use)."""
     service: str
     """The node's k3s unit: k3s or k3s-agent."""
     path: str
     """The node's registries.yaml."""
     registry: str
     """Registry host name as images reference it."""
+    check_host_key: bool = True
+    """False connects to whatever answers at `address`, unverified (disposable dev/test hosts only)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class K3sNode(pulumi.ComponentResource):
         self.node, self.service = args.node, args.service
         self.remote = Remote(
             address=args.address, port=args.port, user=args.user, private_key=args.private_key,
-            host_key=args.host_key, parent=self,
+            host_key=args.host_key, parent=self, key_name=f"{name}-key", check_host_key=args.check_host_key,
         )
         self.preflight = self.remote.run(
             f"{name}-preflight",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from settings.model import ConfigError, Settings, image_major_version
@@ -16,6 +16,12 @@ def _inside(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
+REQUIRED = {
+    "host": "a DNS name or IP address (not empty)",
+    "domain": "the registry's public DNS name, e.g. registry.example.com",
+    "acmeEmail": "the ACME account's email address, e.g. ops@example.com",
+}
+"""Settings without a default: a stack that forgets them must not borrow another organisation's server or names."""
 SECRET_KEYS = frozenset({"sshPrivateKey", "kubeconfig", "existingPushPassword", "s3AccessKey", "s3SecretKey"})
 S3_KEYS = ("s3Endpoint", "s3Bucket", "s3RootDirectory", "s3AccessKey", "s3SecretKey", "s3CaFile")
 
@@ -24,22 +30,24 @@ def _show(key: str, raw: Any) -> str:
     return "<secret>" if key in SECRET_KEYS else repr(raw)
 
 
-def parse_settings(raw: Mapping[str, Any], project: str = "registry") -> Settings:
-    """Validate raw config (key -> string, as Pulumi stores it) into Settings, or raise ConfigError."""
-    errors: list[str] = []
+def parse_settings(raw: Mapping[str, Any], project: str = "registry", refused: Sequence[str] = ()) -> Settings:
+    """Validate raw config (key -> string, as Pulumi stores it) into Settings, or raise ConfigError listing every
+    problem, `refused` (settings/refusals.py: what needs more than the values) first."""
+    errors: list[str] = list(refused)
     values: dict[str, Any] = {}
     for key in sorted(set(raw) - set(SCHEMA)):
         errors.append(f"{project}:{key} is not a known setting; known settings: {', '.join(sorted(SCHEMA))}")
     for key, (name, parse) in SCHEMA.items():
-        if key not in raw:
+        if key not in raw or (key in REQUIRED and raw[key] == ""):
             continue
         value = raw[key]
         try:
             values[name] = parse(value if isinstance(value, str | list) else json.dumps(value))
         except ValueError as exc:
             errors.append(f"{project}:{key} = {_show(key, value)} is invalid; accepted: {exc}")
-    if "host" not in values and not any(e.startswith(f"{project}:host ") for e in errors):
-        errors.append(f"{project}:host is not set; accepted: a DNS name or IP address (not empty)")
+    for key, accepted in REQUIRED.items():
+        if SCHEMA[key][0] not in values and not any(e.startswith(f"{project}:{key} ") for e in errors):
+            errors.append(f"{project}:{key} is not set; accepted: {accepted} (`pulumi config set {key} VALUE`; it has no default)")
     users_valid = not any(e.startswith((f"{project}:pushUser ", f"{project}:pullUser ")) for e in errors)
     if users_valid and values.get("push_user", Settings.push_user) == values.get("pull_user", Settings.pull_user):
         errors.append(f"{project}:pullUser = {values.get('pull_user', Settings.pull_user)!r} is invalid; accepted: a name different from pushUser")
@@ -136,3 +144,11 @@ def project_config(project: str) -> dict[str, Any]:
     merged.update(runtime_config.CONFIG.get())
     prefix = f"{project}:"
     return {k[len(prefix):]: v for k, v in merged.items() if k.startswith(prefix)}
+
+
+def secret_config_keys(project: str, keys: Iterable[str]) -> frozenset[str]:
+    """Which of `keys` (un-namespaced) the engine handed this program as secrets."""
+    from pulumi.runtime import config as runtime_config
+
+    env = set(runtime_config.get_config_secret_keys_env())
+    return frozenset(k for k in keys if f"{project}:{k}" in env or runtime_config.is_config_secret(f"{project}:{k}"))

@@ -43,6 +43,10 @@ class Settings:
 
     host: str
     """Address of the server (DNS name or IP) reached over SSH."""
+    domain: str
+    """Public DNS name the registry is served on (required: no stack borrows another organisation's name)."""
+    acme_email: str
+    """ACME account email (required)."""
     ssh_port: int = 22
     """SSH port."""
     ssh_user: str = "ubuntu"
@@ -50,11 +54,9 @@ class Settings:
     ssh_private_key: str | None = field(default=None, repr=False)
     """Private key (secret config); the ssh-agent is used when unset."""
     ssh_host_key: str | None = None
-    """Pinned public host key line (`ssh-ed25519 AAAA...`); unchecked when unset."""
-    domain: str = "registry.lvs.me.uk"
-    """Public DNS name the registry is served on."""
-    acme_email: str = "letsencrypt@lvs.me.uk"
-    """ACME account email."""
+    """Pinned public host key line (`ssh-ed25519 AAAA...`); recorded on the first `up` (trust on first use) when unset."""
+    ssh_host_key_check: bool = True
+    """Verify the host key (pinned or recorded); false only for disposable dev/test hosts."""
     acme_ca_url: str | None = None
     """ACME directory URL (Let's Encrypt staging, or a test CA); Caddy's default when unset."""
     acme_ca_root: str | None = None
@@ -118,7 +120,9 @@ class Settings:
     flux: bool = True
     """Create the Flux pull secret (and image repositories)."""
     kubeconfig: str | None = field(default=None, repr=False)
-    """Kubeconfig contents (secret config); the ambient kubeconfig when unset."""
+    """Kubeconfig contents (secret config)."""
+    kube_context: str | None = None
+    """Context to use (of `kubeconfig`, else of the ambient kubeconfig); with Flux on, this or kubeconfig is required."""
     flux_namespace: str = "flux-system"
     """Namespace of the Flux secret."""
     flux_secret_name: str = "registry-credentials"

@@ -98,7 +98,7 @@ def run_program(
     state: dict[str, Any] | None = None,
     preview: bool = False,
     stack: str = "test",
-    secret_keys: tuple[str, ...] = ("sshPrivateKey", "kubeconfig"),
+    secret_keys: tuple[str, ...] = ("sshPrivateKey", "kubeconfig", "existingPushPassword", "s3AccessKey", "s3SecretKey"),
 ) -> ProgramRun:
     """Run __main__.py under mocks in a subprocess; `state` is the previous run's `state`."""
     request = {

@@ -38,6 +38,7 @@ TYPICAL: dict[str, Any] = {
     "registryImage": "registry:2.8.3",
     "allowlist": ["198.51.100.0/24", "2001:db8::/32"],
     "fluxImages": ["ruby-demo-app", "team/api"],
+    "kubeContext": "k3s-prod",
 }
 """A typical stack: ubuntu over sudo, an allowlist, two Flux images (one nested), everything else default."""
 
@@ -124,7 +125,7 @@ class Programs:
 
 # --- shared test data and helpers of several test modules ---------------------------------------------------
 
-BASE = {"host": HOST}
+BASE = {"host": HOST, "domain": "registry.example.com", "acmeEmail": "ops@example.com"}
 
 
 def _waits_for(run: ProgramRun, name: str) -> set[str]:

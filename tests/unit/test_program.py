@@ -36,7 +36,7 @@ STACK_URN = "urn:pulumi:test::registry::pulumi:pulumi:Stack::registry-test"
 
 
 COMPONENTS = {
-    "host": ("registry:index:Host", ["host-preflight", "host-data-dir"]),
+    "host": ("registry:index:Host", ["host-key", "host-preflight", "host-data-dir"]),
     "credentials": (
         "registry:index:Credentials",
         ["credentials-push", "credentials-pull", "credentials-http-secret", "credentials-generations"],
@@ -71,7 +71,8 @@ def test_every_resource_belongs_to_a_component(typical: ProgramRun) -> None:
 
 
 DEPENDS_ON = {
-    "host-data-dir": ["host-preflight"],
+    "host-preflight": ["host-key"],
+    "host-data-dir": ["host-preflight", "host-key"],
     "registry-container": ["host-data-dir", "credentials-http-secret", "caddy-site-handover"],
     "caddy-site-handover": ["credentials-push", "credentials-pull", "credentials-generations", "host-data-dir"],
     # The rotation handover: clients switch after the site accepts both, the site drops the old after them.

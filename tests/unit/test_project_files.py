@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from settings.load import parse_settings
+from settings.load import REQUIRED, parse_settings
 from settings.model import Settings
 from settings.schema import SCHEMA
 
@@ -26,12 +26,12 @@ def test_pulumi_yaml_schema_lists_exactly_the_settings_with_type_description_and
         assert spec["description"].strip(), key
 
 
-@pytest.mark.parametrize("key", sorted(k for k in SCHEMA if k != "host"))
+@pytest.mark.parametrize("key", sorted(k for k in SCHEMA if k not in REQUIRED))
 def test_pulumi_yaml_defaults_equal_the_program_defaults(key: str) -> None:
     raw = PROJECT["config"][key]["default"]
-    parsed = parse_settings({"host": "192.0.2.1", key: raw if isinstance(raw, str) else json.dumps(raw)})
+    parsed = parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", key: raw if isinstance(raw, str) else json.dumps(raw)})
     field_name = SCHEMA[key][0]
-    assert getattr(parsed, field_name) == getattr(Settings(host="192.0.2.1"), field_name)
+    assert getattr(parsed, field_name) == getattr(Settings(host="192.0.2.1", domain="registry.example.com", acme_email="ops@example.com"), field_name)
 
 
 @pytest.mark.parametrize("stack", ["prod", "dev"])
@@ -51,6 +51,11 @@ def test_prod_stack_carries_the_seed_values() -> None:
         "registry-credentials", ("ruby-demo-app",), "1m")
     # The seed deployed with `scp ubuntu@app.lvs.me.uk`: SSH goes to the server's own name, not the registry's.
     assert settings.host == "app.lvs.me.uk"
+
+
+@pytest.mark.parametrize("key", sorted(REQUIRED))
+def test_required_settings_have_an_empty_default_in_pulumi_yaml(key: str) -> None:
+    assert PROJECT["config"][key]["default"] == ""  # an empty default is "not set": no stack borrows a value
 
 
 def test_readme_config_reference_documents_every_setting() -> None:

@@ -19,8 +19,8 @@ from tests.unit.support import (
 )
 
 
-def test_preflight_depends_on_nothing(typical: ProgramRun) -> None:
-    assert typical.named("host-preflight").dependencies == []
+def test_preflight_depends_on_nothing_but_the_host_key(typical: ProgramRun) -> None:
+    assert typical.named("host-preflight").dependencies == [typical.named("host-key").urn]
 
 
 @pytest.mark.parametrize(("fixture", "argv0"), [("typical", ["sudo", "-n", "sh", "-c"]), ("as_root", ["sh", "-c"])])
@@ -48,6 +48,21 @@ def test_connection_carries_secret_private_key_and_pinned_host_key(as_root: Prog
         conn = c.value("connection")
         assert conn["privateKey"] == PRIVATE_KEY and conn["hostKey"] == HOST_KEY
     assert all("privateKey" not in c.value("connection") for c in typical.commands)
+
+
+def test_without_a_pinned_key_every_command_dials_with_the_recorded_host_key(typical: ProgramRun) -> None:
+    key = typical.named("host-key")
+    assert key.type == "pulumi-python:dynamic:Resource" and key.parent == typical.named("host").urn
+    assert (key.value("address"), key.value("port")) == (HOST, 22)
+    for c in typical.commands:
+        assert key.urn in c.dependencies, c.name  # the connection's hostKey is the recorded key
+
+
+def test_a_pinned_key_or_the_explicit_opt_out_records_nothing(as_root: ProgramRun, programs: Programs) -> None:
+    assert "host-key" not in {r.name for r in as_root.registrations}
+    opted_out = programs.ok({**TYPICAL, "sshHostKeyCheck": "false"})
+    assert "host-key" not in {r.name for r in opted_out.registrations}
+    assert all("hostKey" not in c.value("connection") for c in opted_out.commands)
 
 
 def test_sha256_is_the_hex_digest_of_the_text() -> None:

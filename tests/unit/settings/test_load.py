@@ -33,10 +33,10 @@ def rejection(raw: dict[str, Any]) -> str:
     return str(info.value)
 
 
-def test_defaults_plus_host_are_accepted() -> None:
+def test_defaults_plus_the_required_settings_are_accepted() -> None:
     settings = parse_settings(BASE, "registry")
-    assert settings == Settings(host=HOST)
-    assert (settings.domain, settings.push_user, settings.pull_user) == ("registry.lvs.me.uk", "robot_user", "k3s_pull")
+    assert settings == Settings(host=HOST, domain="registry.example.com", acme_email="ops@example.com")
+    assert (settings.domain, settings.push_user, settings.pull_user) == ("registry.example.com", "robot_user", "k3s_pull")
     assert (settings.ssh_user, settings.ssh_port, settings.registry_port) == ("ubuntu", 22, 5000)
     assert settings.allowlist == () and settings.k3s_trust and settings.flux
 
@@ -95,7 +95,6 @@ REJECTIONS = {
     "pushUser with space": ("pushUser", "ci bot", USER_RULE),
     "pullUser with colon": ("pullUser", "k3s:pull", USER_RULE),
     "pullUser with tab": ("pullUser", "k3s\tpull", USER_RULE),
-    "empty host": ("host", "", "a DNS name or IP address (not empty)"),
     "host with spaces": ("host", "my server", "a DNS name or IP address"),
     "relative dataDir": ("dataDir", "srv/registry", "an absolute normalised path"),
     "dataDir with dot-dot": ("dataDir", "/srv/../etc", "an absolute normalised path"),
@@ -125,8 +124,14 @@ def test_invalid_value_is_rejected_naming_key_value_and_accepted(key: str, value
     assert accepted in message
 
 
-def test_missing_host_is_rejected() -> None:
-    assert "registry:host is not set; accepted: a DNS name or IP address (not empty)" in rejection({})
+@pytest.mark.parametrize("key", ["host", "domain", "acmeEmail"])
+@pytest.mark.parametrize("given", ["missing", "empty"])
+def test_required_setting_missing_or_empty_is_rejected_naming_it(key: str, given: str) -> None:
+    raw = {k: v for k, v in BASE.items() if k != key} | ({key: ""} if given == "empty" else {})
+    message = rejection(raw)
+    assert f"registry:{key} is not set; accepted: " in message
+    assert f"`pulumi config set {key} VALUE`; it has no default" in message
+    assert sum("is not set" in line for line in message.splitlines()) == 1
 
 
 def test_unknown_key_is_rejected_listing_known_settings() -> None:
@@ -158,9 +163,9 @@ def test_every_error_is_reported_at_once() -> None:
     )
     lines = message.splitlines()
     assert lines[0] == "invalid stack configuration:"
-    for key in ("domain", "sshPort", "allowlist", "pushUser", "surprise", "host"):
+    for key in ("domain", "sshPort", "allowlist", "pushUser", "surprise", "host", "acmeEmail"):
         assert sum(f"registry:{key} " in line for line in lines[1:]) == 1, key
-    assert len(lines) == 7
+    assert len(lines) == 8
 
 
 def test_same_users_are_reported_together_with_other_errors() -> None:
@@ -181,14 +186,14 @@ def test_messages_use_the_project_name() -> None:
 
 
 def test_nodes_take_the_stack_ssh_settings_unless_they_name_their_own() -> None:
-    settings = parse_settings({"host": HOST, "sshPort": "2200", "sshUser": "deploy", "nodes": NODES})
+    settings = parse_settings({"host": HOST, "domain": "registry.example.com", "acmeEmail": "ops@example.com", "sshPort": "2200", "sshUser": "deploy", "nodes": NODES})
     assert settings.nodes == (
         NodeSpec("agent-1", "10.0.0.21", 2200, "deploy", None, "k3s-agent", "/etc/rancher/k3s/registries.yaml"),
         NodeSpec("server-2", "10.0.0.12", 2222, "root", None, "k3s", "/etc/rancher/k3s/registries.yaml"),
         NodeSpec("agent-3", "agent-3.example.com", 2200, "deploy", None, "k3s-agent", "/etc/k3s/registries.yaml"),
     )
-    assert parse_settings({"host": HOST, "nodes": '[{"name": "a", "address": "10.0.0.2"}]'}).nodes[0].name == "a"
-    assert parse_settings({"host": HOST}).nodes == ()
+    assert parse_settings({"host": HOST, "domain": "registry.example.com", "acmeEmail": "ops@example.com", "nodes": '[{"name": "a", "address": "10.0.0.2"}]'}).nodes[0].name == "a"
+    assert parse_settings({"host": HOST, "domain": "registry.example.com", "acmeEmail": "ops@example.com"}).nodes == ()
 
 
 @pytest.mark.parametrize(
@@ -211,17 +216,17 @@ def test_nodes_take_the_stack_ssh_settings_unless_they_name_their_own() -> None:
 )
 def test_bad_nodes_are_rejected_naming_the_node_and_key(nodes: Any, message: str) -> None:
     with pytest.raises(ConfigError, match="registry:nodes") as info:
-        parse_settings({"host": HOST, "nodes": nodes}, "registry")
+        parse_settings({"host": HOST, "domain": "registry.example.com", "acmeEmail": "ops@example.com", "nodes": nodes}, "registry")
     assert message in str(info.value)
 
 
 def test_the_registry_server_may_be_a_node_when_k3s_trust_is_off() -> None:
-    settings = parse_settings({"host": HOST, "k3sTrust": "false", "nodes": [{"name": "server", "address": HOST}]})
+    settings = parse_settings({"host": HOST, "domain": "registry.example.com", "acmeEmail": "ops@example.com", "k3sTrust": "false", "nodes": [{"name": "server", "address": HOST}]})
     assert settings.nodes[0].address == HOST
 
 
 def test_operations_settings_defaults() -> None:
-    settings = parse_settings({"host": "192.0.2.1"})
+    settings = parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com"})
     assert (settings.verify, settings.gc_delete_untagged) == (True, False)
     assert (settings.gc_schedule, settings.backup_schedule) == (GC_SCHEDULE, BACKUP_SCHEDULE)
     assert (settings.backup_dir, settings.backup_keep) == ("/srv/backups/registry", 7)
@@ -243,7 +248,7 @@ def test_operations_settings_defaults() -> None:
     ],
 )
 def test_operations_settings_accept(raw: dict[str, Any], field: str, expected: Any) -> None:
-    assert getattr(parse_settings({"host": "192.0.2.1", **raw}), field) == expected
+    assert getattr(parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw}), field) == expected
 
 
 @pytest.mark.parametrize(
@@ -266,13 +271,13 @@ def test_operations_settings_accept(raw: dict[str, Any], field: str, expected: A
 )
 def test_operations_settings_reject(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_settings({"host": "192.0.2.1", **raw})
+        parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw})
     assert message in str(info.value)
 
 
 def test_backup_dir_overlap_is_reported_with_other_errors() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_settings({"host": "192.0.2.1", "domain": "BAD", "backupDir": "/srv/data/registry/b"})
+        parse_settings({"host": "192.0.2.1", "acmeEmail": "ops@example.com", "domain": "BAD", "backupDir": "/srv/data/registry/b"})
     assert "registry:domain = 'BAD'" in str(info.value) and "registry:backupDir" in str(info.value)
 
 
@@ -286,12 +291,12 @@ def test_operations_settings_are_in_the_project_schema() -> None:
         assert key in SCHEMA
         assert schema[key]["type"] == typ and schema[key]["description"]
         default = schema[key]["default"]
-        parsed = parse_settings({"host": "192.0.2.1", key: default if isinstance(default, str) else json.dumps(default)})
-        assert getattr(parsed, SCHEMA[key][0]) == getattr(parse_settings({"host": "192.0.2.1"}), SCHEMA[key][0])
+        parsed = parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", key: default if isinstance(default, str) else json.dumps(default)})
+        assert getattr(parsed, SCHEMA[key][0]) == getattr(parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com"}), SCHEMA[key][0])
 
 
 def test_retention_is_off_by_default_and_keeps_semver_and_latest() -> None:
-    settings = parse_settings({"host": "192.0.2.1"})
+    settings = parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com"})
     assert settings.retention is False
     assert settings.retention_rules == (("*", 10),)
     assert settings.retention_keep_tags == DEFAULT_KEEP
@@ -310,7 +315,7 @@ def test_retention_is_off_by_default_and_keeps_semver_and_latest() -> None:
     ],
 )
 def test_retention_settings_accept(raw: dict[str, Any], field: str, expected: Any) -> None:
-    assert getattr(parse_settings({"host": "192.0.2.1", **raw}), field) == expected
+    assert getattr(parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw}), field) == expected
 
 
 @pytest.mark.parametrize(
@@ -332,13 +337,13 @@ def test_retention_settings_accept(raw: dict[str, Any], field: str, expected: An
 )
 def test_retention_settings_reject(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_settings({"host": "192.0.2.1", **raw})
+        parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw})
     assert message in str(info.value)
 
 
 def errors(**raw: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        parse_settings({"host": "192.0.2.1", **raw})
+        parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw})
     return [line.strip() for line in str(info.value).splitlines()[1:]]
 
 
@@ -350,12 +355,12 @@ def errors(**raw: str) -> list[str]:
 )  # fmt: skip
 def test_the_distribution_version_comes_from_the_tag_unless_set(image: str, major: int) -> None:
     assert image_major_version(image) == major
-    assert parse_settings({"host": "h", "registryImage": image}).distribution == major
-    assert parse_settings({"host": "h", "registryImage": image, "registryMajorVersion": "3"}).distribution == 3
+    assert parse_settings({"host": "h", "domain": "registry.example.com", "acmeEmail": "ops@example.com", "registryImage": image}).distribution == major
+    assert parse_settings({"host": "h", "domain": "registry.example.com", "acmeEmail": "ops@example.com", "registryImage": image, "registryMajorVersion": "3"}).distribution == 3
 
 
 def test_s3_settings_parse_and_default_to_path_style() -> None:
-    s = parse_settings({"host": "h", **S3})
+    s = parse_settings({"host": "h", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **S3})
     assert (s.storage, s.s3_endpoint, s.s3_bucket, s.s3_region, s.s3_force_path_style) == (
         "s3", "https://s3.example.com:9000", "registry-data", "us-east-1", True)  # fmt: skip
     assert ACCESS not in repr(s) and SECRET not in repr(s)
@@ -402,5 +407,5 @@ def test_each_bad_storage_or_replica_setting_names_key_value_and_what_is_accepte
 
 
 def test_virtual_hosted_addressing_is_fine_on_distribution_3() -> None:
-    s = parse_settings({"host": "h", **S3, "s3ForcePathStyle": "false", "registryImage": "registry:3"})
+    s = parse_settings({"host": "h", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **S3, "s3ForcePathStyle": "false", "registryImage": "registry:3"})
     assert not s.s3_force_path_style and s.distribution == 3

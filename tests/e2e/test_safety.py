@@ -1,0 +1,153 @@
+"""Safe to point at a production server, on the real engine: the host key is trusted on first use and a different
+host answering on the same address stops the update before any secret is sent; a secret setting stored in plaintext
+fails before any connection."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import engine as eng_mod
+from tests.e2e.clients import Clients, stack_config
+from tests.e2e.conftest import HOST_NAME
+from tests.e2e.engine import Engine
+from tests.e2e.stacks import EngineStack
+from tests.e2e.testhost import TestHost, default_key_dir, start_host
+
+pytestmark = pytest.mark.e2e
+
+
+class Forwarder:
+    """A TCP port on this machine's loopback that forwards every new connection to `target` (switchable): one
+    address behind which the server can be swapped, as a reinstalled machine or a hijacked IP would."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _fingerprint(key: str) -> str:
+    from components.host import fingerprint
+
+    return fingerprint(key)
+
+
+@pytest.fixture(scope="module")
+def impostor() -> Iterator[TestHost]:
+    """A second test host that accepts the same login key as the real one: a connection that did not check the
+    host key would log in there and hand it every secret."""
+    host = start_host(name=f"{HOST_NAME}-impostor", key_dir=default_key_dir(HOST_NAME))
+    try:
+        yield host
+    finally:
+        host.remove()
+
+
+def _config(host: TestHost, port: int, **extra: str) -> dict[str, Any]:
+    config = stack_config(host, flux="false", verify="false", sshPort=str(port), **extra)
+    del config["sshHostKey"]
+    return config
+
+
+def test_changed_host_key_stops_the_update_before_any_secret_is_sent(
+    testhost: TestHost, impostor: TestHost, engine: Engine, tmp_path: Path
+) -> None:
+    Clients(testhost).trust_pebble()
+    front = Forwarder(testhost.ssh_port)
+    stack = EngineStack.open(engine, "host-key", testhost, tmp_path / "project", _config(testhost, front.port,
+                             sshHostKeyCheck="false"))
+    try:
+        # A stack from before host keys were checked (the explicit opt-out connects unverified) ...
+        assert stack.apply().ok, stack.history[-1].error
+        # ... turns the check on: the preview shows the key the update will record.
+        stack.configure(sshHostKeyCheck="true")
+        real = _fingerprint(testhost.host_key())
+        preview = stack.preview()
+        assert preview.ok, preview.error
+        assert f"SSH host key of 127.0.0.1:{front.port}: {real} (trust on first use" in preview.text
+        upgrade = stack.apply()
+        assert upgrade.ok, upgrade.error
+        rerun = sorted({e.name for e in upgrade.executions})
+        print(f"\nupgrade to a checked host key re-ran {len(rerun)} steps: {rerun}")
+        recorded = stack.stack.resources()["host-key"]["outputs"]
+        assert (recorded["key"], recorded["fingerprint"]) == (testhost.host_key(), real)
+        assert stack.preview(expect_no_changes=True).ok
+
+        # Another server answers on the same address.
+        front.target = impostor.ssh_port
+        fake = _fingerprint(impostor.host_key())
+        assert fake != real
+        since = Clients(impostor).now()
+        changed = stack.apply(credentialRotation="2")  # an update that would send new passwords
+        assert not changed.ok
+        assert f"the SSH host key of 127.0.0.1:{front.port} changed: recorded {real} (ssh-ed25519), offered now {fake}" in changed.error, changed.error[-3000:]
+        assert changed.executions == []  # no command ran
+        journal = Clients(impostor).journal("ssh", since)
+        assert "Accepted" not in journal and "authenticating user" not in journal, journal
+        assert stack.stack.resources()["host-key"]["outputs"]["key"] == testhost.host_key()  # state kept
+
+        # The real server back: the update goes on.
+        front.target = testhost.ssh_port
+        assert stack.apply().ok, stack.history[-1].error
+    finally:
+        front.target = testhost.ssh_port
+        stack.cleanup()
+        front.close()
+
+
+def test_plaintext_private_key_fails_before_any_connection(testhost: TestHost, engine: Engine, tmp_path: Path) -> None:
+    config = {k: v for k, v in stack_config(testhost, flux="false").items() if k != "sshPrivateKey"}
+    stack = eng_mod.Stack(engine, "plaintext-key", eng_mod.make_project(tmp_path / "project"), config)
+    # As `pulumi config set sshPrivateKey < key` would, without --secret.
+    engine.cli(["config", "set", "registry:sshPrivateKey", "--stack", "plaintext-key"], cwd=stack.project_dir,
+               stdin=testhost.private_key)
+    stack_file = (stack.project_dir / "Pulumi.plaintext-key.yaml").read_text()
+    assert "PRIVATE KEY" in stack_file  # it really is in clear there
+    clients = Clients(testhost)
+    since = clients.now()
+    run = stack.up()
+    assert not run.ok
+    assert "registry:sshPrivateKey is stored in plaintext in Pulumi.plaintext-key.yaml" in run.error
+    assert "`pulumi config set --secret sshPrivateKey --stack plaintext-key < ~/.ssh/registry_deploy`" in run.error
+    assert "PRIVATE KEY" not in run.text and "Traceback" not in run.error
+    journal = clients.journal("ssh", since)
+    assert "Accepted" not in journal and "Connection closed" not in journal, journal  # not even a key scan
+    assert [r for r in stack.resources() if not r.startswith("registry-")] == []
