@@ -248,7 +248,7 @@ def test_operations_settings_defaults() -> None:
     ],
 )
 def test_operations_settings_accept(raw: dict[str, Any], field: str, expected: Any) -> None:
-    assert getattr(parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw}), field) == expected
+    assert getattr(parse_settings({**BASE, **raw}), field) == expected
 
 
 @pytest.mark.parametrize(
@@ -270,9 +270,7 @@ def test_operations_settings_accept(raw: dict[str, Any], field: str, expected: A
     ],
 )
 def test_operations_settings_reject(raw: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw})
-    assert message in str(info.value)
+    assert message in rejection({**BASE, **raw})
 
 
 def test_backup_dir_overlap_is_reported_with_other_errors() -> None:
@@ -315,7 +313,7 @@ def test_retention_is_off_by_default_and_keeps_semver_and_latest() -> None:
     ],
 )
 def test_retention_settings_accept(raw: dict[str, Any], field: str, expected: Any) -> None:
-    assert getattr(parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw}), field) == expected
+    assert getattr(parse_settings({**BASE, **raw}), field) == expected
 
 
 @pytest.mark.parametrize(
@@ -336,15 +334,11 @@ def test_retention_settings_accept(raw: dict[str, Any], field: str, expected: An
     ],
 )
 def test_retention_settings_reject(raw: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw})
-    assert message in str(info.value)
+    assert message in rejection({**BASE, **raw})
 
 
 def errors(**raw: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_settings({"host": "192.0.2.1", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **raw})
-    return [line.strip() for line in str(info.value).splitlines()[1:]]
+    return [line.strip() for line in rejection({**BASE, **raw}).splitlines()[1:]]
 
 
 @pytest.mark.parametrize(
