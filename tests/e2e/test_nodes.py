@@ -233,7 +233,8 @@ def test_a_node_that_does_not_come_back_stops_the_update_naming_it_and_the_serve
 def test_an_unreachable_node_fails_the_update_naming_it_before_any_node_changes(stack: Stack) -> None:
     assert stack.cluster is not None
     before = {n.name: (n.clients.sha256(REGISTRIES_YAML), n.clients.starts()) for n in stack.nodes()}
-    ghost = {"name": "ghost", "address": "127.0.0.1", "sshPort": free_port()}
+    # Pinned (any key): nothing answers there, so the dial itself fails, in the node's preflight.
+    ghost = {"name": "ghost", "address": "127.0.0.1", "sshPort": free_port(), "hostKey": stack.cluster.agent.host_key()}
     result = stack.apply(nodes=[stack.cluster.node(), ghost], registryCaFile=SECOND_CA_FILE)
     assert not result.ok
     assert "ghost" in result.error and "k3s-ghost-preflight" in result.text
