@@ -50,7 +50,7 @@ host = Host("host", HostArgs(
     host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
     registry_port=cfg.registry_port, container=CONTAINER, domain=cfg.domain, caddyfile=cfg.caddyfile,
     registries_file=cfg.k3s_registries_file, replicas=cfg.registry_replicas, after=[n.preflight for n in nodes],
-    check_host_key=cfg.ssh_host_key_check,
+    check_host_key=cfg.ssh_host_key_check, backup_dir=cfg.backup_dir if cfg.storage == "filesystem" else None,
 ))
 creds = Credentials("credentials", CredentialsArgs(
     push_user=cfg.push_user, pull_user=cfg.pull_user, length=cfg.password_length, rotation=cfg.credential_rotation,
@@ -113,6 +113,7 @@ Maintenance("maintenance", MaintenanceArgs(
     host=host, upstream=registry.upstream, container=CONTAINER, image=cfg.registry_image, port=cfg.registry_port,
     env_file=ENV_FILE, gc_schedule=cfg.gc_schedule, gc_delete_untagged=cfg.gc_delete_untagged,
     backup_schedule=cfg.backup_schedule, backup_dir=cfg.backup_dir, backup_keep=cfg.backup_keep,
+    backup_min_free_percent=cfg.backup_min_free_percent,
     retention=RetentionSpec(
         enabled=cfg.retention, rules=cfg.retention_rules, keep_tags=cfg.retention_keep_tags,
         protect=cfg.retention_protect, k3s=cfg.k3s_trust,

@@ -55,6 +55,8 @@ class HostArgs:
     """Checks that must pass before anything here runs (every other node's preflight: no change anywhere before)."""
     check_host_key: bool = True
     """False connects to whatever answers at `address`, unverified (disposable dev/test hosts only)."""
+    backup_dir: str | None = None
+    """Where backup archives go: preflight warns when it shares the data directory's filesystem."""
 
 
 class Remote:
@@ -153,6 +155,7 @@ class Host(pulumi.ComponentResource):
                 args.require_k3s, args.k3s_service, registry_port=args.registry_port, container=args.container,
                 data_dir=args.data_dir, domain=args.domain, caddyfile=args.caddyfile,
                 registries_file=args.registries_file if args.require_k3s else None, replicas=args.replicas,
+                backup_dir=args.backup_dir,
             ),
             opts=pulumi.ResourceOptions(depends_on=list(args.after)) if args.after else None,
         )

@@ -39,6 +39,8 @@ class MaintenanceArgs:
     """Where backup archives go; never removed."""
     backup_keep: int
     """How many archives to keep."""
+    backup_min_free_percent: int = 10
+    """Free share of backupDir's filesystem a backup must leave, or it is refused before it starts."""
     retention: RetentionSpec = field(default_factory=RetentionSpec)
     """Tag retention inside the GC window (off by default)."""
     distribution: int = 2
@@ -70,6 +72,7 @@ class Maintenance(pulumi.ComponentResource):
                     env_file=args.env_file,
                     backup_dir=args.backup_dir,
                     backup_keep=args.backup_keep,
+                    backup_min_free_percent=args.backup_min_free_percent,
                     gc_delete_untagged=args.gc_delete_untagged,
                     retention=args.retention,
                     distribution=args.distribution,

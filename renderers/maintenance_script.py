@@ -22,6 +22,8 @@ from renderers.shell import q
 
 MAINTENANCE_SCRIPT = "/usr/local/sbin/registry-maintenance"
 LOCK_FILE = MAINTENANCE_LOCK
+STATE_DIR = "/var/lib/registry-maintenance"
+"""The outcome of the last gc, retention and backup run (`status` reads it)."""
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 """The config file inside the registry:2 image; garbage-collect reads it (plus the container's env)."""
 REGISTRY3_CONFIG = "/etc/distribution/config.yml"
@@ -55,6 +57,8 @@ class MaintenanceSpec:
     """filesystem (the data directory, archived by backups) or S3 (the store's own backups)."""
     replicas: int = 1
     """Registry containers sharing the storage: a window makes every one read-only, one at a time."""
+    backup_min_free_percent: int = 10
+    """Free share of backupDir's filesystem a backup must leave, or it is refused before the window opens."""
 
 
 def render_maintenance_script(spec: MaintenanceSpec) -> str:
@@ -85,6 +89,8 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         f"DATA_DIR={q(spec.data_dir)}",
         f"BACKUP_DIR={q(spec.backup_dir)}",
         f"KEEP={spec.backup_keep}",
+        f"MIN_FREE_PERCENT={spec.backup_min_free_percent}",
+        f"STATE_DIR={q(STATE_DIR)}",
         f"FLAG={q(MAINTENANCE_FLAG)}",
         f"LOCK={q(LOCK_FILE)}",
         f"CONFIG={q(registry_config_path(spec.distribution))}",

@@ -27,6 +27,7 @@ def preflight(
     caddyfile: str,
     registries_file: str | None,
     replicas: int = 1,
+    backup_dir: str | None = None,
 ) -> str:
     """Fail with one readable line per problem before anything is changed; say what a hand-made setup hands over;
     warn about what it leaves alone. With several replicas each one's port is checked against its container."""
@@ -79,11 +80,24 @@ def preflight(
         "holders=$(ss -Hltnp 'sport = :80 or sport = :443' 2>/dev/null | grep 'users:((' | grep -v 'users:((\"caddy\"' || true)",
         "[ -z \"$holders\" ] || fail \"ports 80/443 are held by something other than Caddy: $holders\"",
         *_registry_port_checks(registry_port, container, replicas),
+        *(_same_filesystem_warning(data_dir, backup_dir) if backup_dir else []),
         "if [ -n \"$problems\" ]; then printf '%s' \"$problems\" >&2; exit 1; fi",
         "printf '%s' \"$takes\"",
         "echo 'preflight: ok'",
     ]
     return script(*lines)
+
+
+def _same_filesystem_warning(data_dir: str, backup_dir: str) -> list[str]:
+    """Archives on the registry's own disk survive a deleted or corrupted registry, not the disk or the server."""
+    return [
+        "nearest() { p=$1; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; printf '%s' \"$p\"; }",
+        f"if [ \"$(stat -c %d \"$(nearest {q(data_dir)})\")\" = \"$(stat -c %d \"$(nearest {q(backup_dir)})\")\" ]; then",
+        f"  warn \"backupDir {backup_dir} is on the same filesystem as dataDir {data_dir} ($(df -P \"$(nearest {q(data_dir)})\" | "
+        "awk 'NR == 2 {print $6}')): its archives survive a deleted or corrupted registry, not a lost disk or server; "
+        "copy them off the server (docs/operations.md, Backup now)\"",
+        "fi",
+    ]
 
 
 # Every published port of every container (running or not): `NAME|PUBLISH_ALL|HOSTIP:HOSTPORT->PORT/PROTO ...`.

@@ -148,6 +148,8 @@ class Settings:
     """Host directory the backup archives go to (root-only); never removed."""
     backup_keep: int = 7
     """How many backup archives to keep; older ones are deleted after a successful backup."""
+    backup_min_free_percent: int = 10
+    """A backup that would leave less than this share of backupDir's filesystem free is refused before it starts."""
     retention: bool = False
     """Delete old tags inside the GC window (before garbage-collect), following the retention rules."""
     retention_rules: tuple[tuple[str, int], ...] = (("*", 10),)

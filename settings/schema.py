@@ -317,6 +317,7 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "backupSchedule": ("backup_schedule", _str(_CALENDAR, _is_calendar)),
     "backupDir": ("backup_dir", _str(_PATH, _is_abs_path)),
     "backupKeep": ("backup_keep", _int(1, 1000)),
+    "backupMinFreePercent": ("backup_min_free_percent", _int(0, 90)),
     "retention": ("retention", _bool),
     "retentionRules": ("retention_rules", _rules),
     "retentionKeepTags": ("retention_keep_tags", _list(_tag_regexp, "Python regular expressions matched against the whole tag, such as 'latest' or 'release-.*'")),

@@ -151,3 +151,48 @@ def test_plaintext_private_key_fails_before_any_connection(testhost: TestHost, e
     journal = clients.journal("ssh", since)
     assert "Accepted" not in journal and "Connection closed" not in journal, journal  # not even a key scan
     assert [r for r in stack.resources() if not r.startswith("registry-")] == []
+
+
+SMALL = "/srv/backups/small"
+"""A 16 MiB tmpfs as backupDir: a filesystem this test can fill."""
+
+
+def test_backup_on_a_nearly_full_filesystem_is_refused_and_status_says_so(
+    testhost: TestHost, engine: Engine, tmp_path: Path
+) -> None:
+    clients = Clients(testhost)
+    clients.trust_pebble()
+    testhost.exec(f"mkdir -p {SMALL} && mount -t tmpfs -o size=16m,mode=0700 tmpfs {SMALL}")
+    stack = EngineStack.open(engine, "backup-space", testhost, tmp_path / "project", stack_config(
+        testhost, flux="false", backupDir=SMALL, backupSchedule="", gcSchedule=""))
+    try:
+        up = stack.apply()
+        assert up.ok, up.error
+        authfile = clients.authfile("backup-space", stack.exports["dockerConfigJson"])
+        clients.push(clients.make_image("backup-space"), "backup-space/app:1", authfile)
+        # Leave 1 MiB free: under the 10 % margin (1.6 MiB) whatever the archive's size.
+        testhost.exec(f"fallocate -l $(( $(df -Pk {SMALL} | awk 'NR == 2 {{print $4}}') - 1024 ))k {SMALL}/filler")
+        refused = testhost.ssh("sudo -n registry-maintenance backup", check=False, timeout=120)
+        assert refused.returncode == 1
+        assert "backup refused: the archive needs about" in refused.stderr
+        assert "10% (1 MiB) must stay free (backupMinFreePercent)" in refused.stderr, refused.stderr
+        # The registry never went read-only: no flag for Caddy, no read-only container, and a push goes through.
+        env = testhost.exec("docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' registry").stdout
+        assert "REGISTRY_STORAGE_MAINTENANCE_READONLY" not in env
+        assert testhost.exec("test -e /run/registry/read-only", check=False).returncode == 1
+        clients.push(clients.make_image("backup-space-2"), "backup-space/app:2", authfile)
+        assert testhost.exec(f"ls {SMALL}").stdout.split() == ["filler"]  # nothing half-written
+
+        status = testhost.ssh("sudo -n registry-maintenance status", check=False, timeout=60)
+        assert status.returncode == 1
+        assert "last backup: FAILED at " in status.stdout and "backup refused" in status.stdout
+        assert "status: the last run of backup failed" in status.stderr
+
+        testhost.exec(f"rm {SMALL}/filler")
+        clients.maintenance("backup", timeout=120)
+        after = testhost.ssh("sudo -n registry-maintenance status", check=False, timeout=60)
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert "last backup: ok at " in after.stdout and "last successful backup: " in after.stdout
+    finally:
+        stack.cleanup()
+        testhost.exec(f"umount {SMALL}; rmdir {SMALL}; rm -rf /var/lib/registry-maintenance", check=False)

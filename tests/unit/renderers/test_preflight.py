@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
+
+import pytest
 
 from components.registry import CONTAINER
 from renderers.preflight import preflight, takeover_notice
@@ -162,3 +166,32 @@ def test_the_preview_notice_says_what_a_first_update_takes_over() -> None:
     assert "Caddyfile.YYYYMMDD-HHMMSS.bak" in notice and "other sites stay" in notice
     assert "/etc/rancher/k3s/registries.yaml is merged" in notice and "every other entry and key stays" in notice
     assert "registries.yaml" not in takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", None)
+
+
+def _same_filesystem_warning_output(data_dir: str, backup_dir: str) -> str:
+    from renderers.preflight import _same_filesystem_warning
+
+    body = "\n".join(["warn() { printf 'preflight: warning: %s\\n' \"$1\"; }", *_same_filesystem_warning(data_dir, backup_dir)])
+    return subprocess.run(["sh", "-c", body], capture_output=True, text=True, check=True).stdout
+
+
+def test_preflight_warns_when_backups_share_the_data_directory_s_filesystem(tmp_path: Path) -> None:
+    # Neither directory exists yet: each is judged by its nearest existing parent, as on a fresh server.
+    out = _same_filesystem_warning_output(str(tmp_path / "data" / "registry"), str(tmp_path / "backups" / "registry"))
+    assert out.startswith(f"preflight: warning: backupDir {tmp_path}/backups/registry is on the same filesystem as dataDir ")
+    assert "survive a deleted or corrupted registry, not a lost disk or server" in out
+
+
+@pytest.mark.skipif(
+    not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev,
+    reason="needs two filesystems (/dev/shm and the temporary directory)",
+)
+def test_preflight_says_nothing_when_backups_are_on_another_filesystem(tmp_path: Path) -> None:
+    assert _same_filesystem_warning_output(str(tmp_path / "data"), "/dev/shm/registry-backups-test") == ""
+
+
+def test_preflight_checks_the_backup_filesystem_only_when_backups_are_archived() -> None:
+    common = dict(registry_port=5000, container="registry", data_dir="/srv/data/registry", domain="r.example.com",
+                  caddyfile="/etc/caddy/Caddyfile", registries_file=None)
+    assert "same filesystem as dataDir" in preflight(True, "k3s", **common, backup_dir="/srv/backups/registry")
+    assert "same filesystem as dataDir" not in preflight(True, "k3s", **common)

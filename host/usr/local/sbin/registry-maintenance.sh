@@ -1,5 +1,19 @@
 say() { printf 'registry-maintenance: %s\n' "$*"; }
-die() { printf 'registry-maintenance: %s\n' "$*" >&2; exit 1; }
+RUN=''       # gc or backup: the run whose outcome `status` reports
+recorded=0
+die() {
+  printf 'registry-maintenance: %s\n' "$*" >&2
+  [ -z "$RUN" ] || record "$RUN" failed "$*"
+  exit 1
+}
+
+record() {  # record WHAT ok|failed [MESSAGE]: the outcome `status` reports (and, for ok, the last success)
+  install -d -m 0755 "$STATE_DIR"
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ) epoch=$(date +%s)
+  printf '%s %s %s %s\n' "$2" "$now" "$epoch" "${3:-}" >"$STATE_DIR/$1.last"
+  [ "$2" != ok ] || printf '%s %s\n' "$now" "$epoch" >"$STATE_DIR/$1.ok"
+  [ "$1" != "$RUN" ] || recorded=1
+}
 
 usage() {
   cat >&2 <<'USAGE'
@@ -9,7 +23,7 @@ usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE 
   backup           read-only window: archive the registry's data into the backup directory, keep the newest
   restore ARCHIVE  put an archive back; the current data is moved aside inside the data directory, never deleted
   recover          return to read-write if a window was cut short (runs at boot)
-  status           mode, timers, disk usage and backups
+  status           mode, timers, disk usage, backups, and the last gc/retention/backup run: exits 1 if one failed
 USAGE
 }
 
@@ -96,6 +110,9 @@ close_window() {
 finish() {
   rc=$?
   [ -z "$partial" ] || rm -f "$partial"
+  if [ -n "$RUN" ] && [ "$recorded" = 0 ]; then
+    if [ "$rc" = 0 ]; then record "$RUN" ok; else record "$RUN" failed "exited with status $rc"; fi
+  fi
   close_window || rc=1
   exit "$rc"
 }
@@ -125,6 +142,7 @@ need_python() {
 }
 
 cmd_gc() {
+  RUN=gc
   take_lock
   if [ "$STORAGE" = filesystem ] && [ ! -d "$DATA_DIR/docker/registry/v2/repositories" ]; then
     say "no repositories yet; nothing to collect"
@@ -138,11 +156,12 @@ cmd_gc() {
     if command -v python3 >/dev/null 2>&1; then
       refuse_writes "tag retention and garbage collection"
       say "tag retention: pushes through the site get 503 from now on; deleting on 127.0.0.1:$PORT"
-      retention || retention_failed=1
+      if retention; then record retention ok; else retention_failed=1; fi
     else
       say "tag retention skipped: python3 is not installed on this host"
       retention_failed=1
     fi
+    [ "$retention_failed" = 0 ] || record retention failed "tag retention failed (journalctl -u registry-gc says why); garbage collection still ran"
   fi
   open_window "garbage collection"
   say "dry run (nothing is deleted):"
@@ -179,6 +198,18 @@ prune() {
   done
 }
 
+check_space() {  # before the window: refuse an archive that would leave less than MIN_FREE_PERCENT of the disk free
+  # The archive is the data plus a tar header (and padding) per entry: at most 1 KiB each.
+  need=$(($(usage_kib) + $(find "$DATA_DIR/docker" | wc -l)))
+  total=$(df -Pk "$BACKUP_DIR" | awk 'NR == 2 {print $2}')
+  avail=$(df -Pk "$BACKUP_DIR" | awk 'NR == 2 {print $4}')
+  margin=$((total * MIN_FREE_PERCENT / 100))
+  if [ $((avail - need)) -lt "$margin" ]; then
+    die "backup refused: the archive needs about $((need / 1024)) MiB and $BACKUP_DIR has $((avail / 1024)) MiB free of $((total / 1024)) MiB; $MIN_FREE_PERCENT% ($((margin / 1024)) MiB) must stay free (backupMinFreePercent). Nothing was written and the registry stayed writable: free space there, lower backupKeep or move backupDir"
+  fi
+  say "space: the archive needs about $((need / 1024)) MiB; $BACKUP_DIR has $((avail / 1024)) MiB free of $((total / 1024)) MiB"
+}
+
 cmd_backup() {
   [ "$STORAGE" = filesystem ] || s3_only "back it up with the store's own means (bucket versioning, replication, snapshots); no archive is written"
   take_lock
@@ -186,8 +217,10 @@ cmd_backup() {
     say "the registry holds no data yet; no backup written"
     return 0
   fi
+  RUN=backup
   umask 077
   install -d -m 0700 "$BACKUP_DIR"
+  check_space
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
   archive="$BACKUP_DIR/registry-$stamp.tar"
   partial="$BACKUP_DIR/.registry-$stamp.tar.partial"
@@ -267,6 +300,27 @@ cmd_recover() {
   fi
 }
 
+age() {  # age EPOCH: how long ago, in words
+  s=$(($(date +%s) - $1))
+  if [ "$s" -ge 86400 ]; then echo "$((s / 86400)) d $((s % 86400 / 3600)) h"
+  elif [ "$s" -ge 3600 ]; then echo "$((s / 3600)) h $((s % 3600 / 60)) min"
+  else echo "$((s / 60)) min"; fi
+}
+
+report() {  # report WHAT: the last run's outcome; fails when that run failed
+  if [ ! -f "$STATE_DIR/$1.last" ]; then
+    say "last $1: has not run yet"
+    return 0
+  fi
+  read -r result at epoch message <"$STATE_DIR/$1.last"
+  if [ "$result" = ok ]; then
+    say "last $1: ok at $at ($(age "$epoch") ago)"
+    return 0
+  fi
+  say "last $1: FAILED at $at ($(age "$epoch") ago): $message"
+  return 1
+}
+
 cmd_status() {
   for replica in $REPLICAS; do
     state=$(docker inspect -f '{{.State.Status}} since {{.State.StartedAt}}' "${replica%:*}" 2>/dev/null || echo 'missing')
@@ -289,6 +343,19 @@ cmd_status() {
   done
   [ "$found" = 1 ] || echo '  none'
   systemctl list-timers 'registry-*' --all --no-pager || true
+  failed=''
+  report gc || failed="$failed gc"
+  if [ "$RETENTION" = on ]; then report retention || failed="$failed retention"; fi
+  if [ "$STORAGE" = filesystem ]; then
+    report backup || failed="$failed backup"
+    if [ -f "$STATE_DIR/backup.ok" ]; then
+      read -r at epoch <"$STATE_DIR/backup.ok"
+      say "last successful backup: $at ($(age "$epoch") ago)"
+    else
+      say "last successful backup: none yet"
+    fi
+  fi
+  [ -z "$failed" ] || die "status: the last run of$failed failed (see above)"
 }
 
 [ "$(id -u)" = 0 ] || die "run as root: sudo registry-maintenance $*"
