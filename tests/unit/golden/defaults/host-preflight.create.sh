@@ -63,6 +63,10 @@ if [ "$docker_up" = 1 ]; then
     warn "container $cname publishes ${ports% }: Docker also accepts traffic forwarded from other hosts to its container address on those ports, whatever host address they are bound to (left unchanged; see the README, Network exposure)"
   done
 fi
+nearest() { p=$1; while [ ! -e "$p" ]; do p=$(dirname "$p"); done; printf '"'"'%s'"'"' "$p"; }
+if [ "$(stat -c %d "$(nearest /srv/data/registry)")" = "$(stat -c %d "$(nearest /srv/backups/registry)")" ]; then
+  warn "backupDir /srv/backups/registry is on the same filesystem as dataDir /srv/data/registry ($(df -P "$(nearest /srv/data/registry)" | awk '"'"'NR == 2 {print $6}'"'"')): its archives survive a deleted or corrupted registry, not a lost disk or server; copy them off the server (docs/operations.md, Backup now)"
+fi
 if [ -n "$problems" ]; then printf '"'"'%s'"'"' "$problems" >&2; exit 1; fi
 printf '"'"'%s'"'"' "$takes"
 echo '"'"'preflight: ok'"'"'

@@ -24,6 +24,8 @@ SETTLE=1
 DATA_DIR=/srv/data/registry
 BACKUP_DIR=/srv/backups/registry
 KEEP=7
+MIN_FREE_PERCENT=10
+STATE_DIR=/var/lib/registry-maintenance
 FLAG=/run/registry/read-only
 LOCK=/run/lock/registry-maintenance.lock
 CONFIG=/etc/docker/registry/config.yml
@@ -37,7 +39,7 @@ launch_read_write() { docker run -d --name registry --label io.registry-program.
 launch_read_only() { docker run -d --name registry --label io.registry-program.managed-by=pulumi --restart unless-stopped --network host -v /srv/data/registry:/var/lib/registry --env-file /etc/registry/registry.env -e REGISTRY_HTTP_ADDR=127.0.0.1:5000 -e REGISTRY_HTTP_DEBUG_ADDR= -e REGISTRY_HTTP_DRAINTIMEOUT=20s -e '"'"'REGISTRY_STORAGE_MAINTENANCE_READONLY={"enabled":true}'"'"' registry:2.8.3; }
 retention() { python3 -I /usr/local/lib/registry-maintenance/retention.py /etc/registry/retention.json "$@"; }
 
-<host/usr/local/sbin/registry-maintenance.sh sha256=ff35b31d5c924eb722be5e3d6fe6c9dcf399526c776ee419ceacf9b277b8abca quoted>REGISTRY_OPS_FILE_END
+<host/usr/local/sbin/registry-maintenance.sh sha256=e1142f1334151cbb4619f857b1a5dbb5e94f16232f5f08f9a7cb2aff22086ea9 quoted>REGISTRY_OPS_FILE_END
 cat > "$tmp/1" <<'"'"'REGISTRY_OPS_FILE_END'"'"'
 <host/usr/local/lib/registry-maintenance/retention.py sha256=89cbee36a3f0eb948e31adcb76b315a9983ece5cfc7bcbd6f4ea33d5eb451fdb quoted>REGISTRY_OPS_FILE_END
 cat > "$tmp/2" <<'"'"'REGISTRY_OPS_FILE_END'"'"'
