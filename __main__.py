@@ -18,7 +18,7 @@ from renderers.registry_env import StorageSpec
 from renderers.retention_config import RetentionSpec
 from settings.cluster import check_cluster
 from settings.load import parse_settings, project_config, secret_config_keys
-from settings.model import ConfigError
+from settings.model import ConfigError, Settings
 from settings.refusals import refusals
 
 raw_config = project_config(pulumi.get_project())
@@ -105,6 +105,8 @@ if cfg.verify:
         triggers=[
             site.content_sha256, trust.content_sha256 if trust else "", cfg.registry_image, cfg.registry_port,
             cfg.registry_replicas,
+            # Where the data lives; appended only when not the default, so existing stacks keep their triggers.
+            *([f"{storage.describe()} {cfg.data_dir}"] if (storage.s3 or cfg.data_dir != Settings.data_dir) else []),
         ],
         after=[site, registry, *([trust] if trust else [])],
         nodes=[VerifyNode(n.node, n.remote, n.service, n.content_sha256, n.back) for n in nodes],

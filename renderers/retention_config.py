@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from renderers import shipped
+from renderers.probe_image import PROBE_REPOSITORY
 
 if TYPE_CHECKING:  # the spec holds a RetentionSpec: a runtime import would be circular
     from renderers.maintenance_script import MaintenanceSpec
@@ -42,6 +43,8 @@ def render_retention_config(spec: MaintenanceSpec) -> str:
         "keep_tags": list(policy.keep_tags),
         "protect": list(policy.protect),
         "k3s": "required" if policy.k3s else "if-present",
+        # The deploy check's probe, not an application image: never counted, never deleted.
+        "ignore_repositories": [PROBE_REPOSITORY],
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
 

@@ -6,7 +6,7 @@ import hashlib
 
 from renderers.verify_script import VerifySpec, render_verify_script, verify_stdin
 from tests.harness import ProgramRun, is_secret
-from tests.unit.support import DOMAIN, TYPICAL, Programs, exposed_strings, password, sudo_script
+from tests.unit.support import ACCESS, DOMAIN, S3, SECRET, TYPICAL, Programs, exposed_strings, password, sudo_script
 
 
 def test_verify_runs_after_the_site_and_the_k3s_restart(typical: ProgramRun) -> None:
@@ -28,6 +28,17 @@ def test_verify_reruns_for_site_trust_and_registry_changes(typical: ProgramRun) 
         5000,
         1,  # replicas: a change of replicas leaves the site alone, the check runs for it all the same
     ]
+
+
+def test_verify_reruns_when_the_data_moves_and_existing_stacks_keep_their_triggers(
+    typical: ProgramRun, programs: Programs
+) -> None:
+    assert len(typical.named("verify-check").value("triggers")) == 5  # the default storage adds none
+    moved = programs.ok({**TYPICAL, "dataDir": "/srv/registry-data"}).named("verify-check").value("triggers")
+    assert moved[5] == "filesystem /srv/registry-data"
+    s3 = programs.ok({**TYPICAL, **S3, "retention": "false"}).named("verify-check").value("triggers")
+    assert s3[5] == "S3 bucket registry-data at https://s3.example.com:9000 (region us-east-1) /srv/data/registry"
+    assert SECRET not in str(s3) and ACCESS not in str(s3)
 
 
 def test_verify_credentials_travel_on_secret_stdin_only(typical: ProgramRun) -> None:

@@ -262,3 +262,29 @@ def test_an_unreachable_registry_fails_cleanly(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     code, out = run(config("http://127.0.0.1:9", tmp_path))
     assert code == 1 and "FAILED: GET http://127.0.0.1:9/v2/_catalog" in out
+
+
+def test_the_deploy_check_s_probe_image_is_never_counted_as_an_application_image(
+    fake: tuple[FakeRegistry, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from renderers.probe_image import PROBE_REPOSITORY
+
+    reg, base = fake
+    fake_k3s(tmp_path, monkeypatch, [])
+    for i in range(3):
+        reg.image(PROBE_REPOSITORY, f"p{i}", _stamp(T0 + i * DAY), f"v{i}", pushed=T0)
+        reg.image("app", f"a{i}", _stamp(T0 + i * DAY), f"t{i}", pushed=T0)
+    # A rule matching every repository, as the default `*=N` does.
+    cfg = {**config(base, reg.data_dir), "rules": [{"repositories": "*", "keep": 1}], "ignore_repositories": [PROBE_REPOSITORY]}
+    code, out = run(cfg)
+    assert code == 0, out
+    assert len(reg.repos[PROBE_REPOSITORY]) == 3 and len(reg.repos["app"]) == 1
+    assert f"{PROBE_REPOSITORY}: the deploy check's probe image, not an application image: left alone" in out
+
+
+def test_the_rendered_retention_settings_name_the_probe_repository() -> None:
+    from renderers.probe_image import PROBE_REPOSITORY
+    from renderers.retention_config import render_retention_config
+    from tests.unit.support import SPEC
+
+    assert json.loads(render_retention_config(SPEC))["ignore_repositories"] == [PROBE_REPOSITORY]

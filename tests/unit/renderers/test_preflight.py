@@ -191,7 +191,10 @@ def test_preflight_says_nothing_when_backups_are_on_another_filesystem(tmp_path:
 
 
 def test_preflight_checks_the_backup_filesystem_only_when_backups_are_archived() -> None:
-    common = dict(registry_port=5000, container="registry", data_dir="/srv/data/registry", domain="r.example.com",
-                  caddyfile="/etc/caddy/Caddyfile", registries_file=None)
-    assert "same filesystem as dataDir" in preflight(True, "k3s", **common, backup_dir="/srv/backups/registry")
-    assert "same filesystem as dataDir" not in preflight(True, "k3s", **common)
+    def render(backup_dir: str | None) -> str:
+        return preflight(True, "k3s", registry_port=5000, container="registry", data_dir="/srv/data/registry",
+                         domain="r.example.com", caddyfile="/etc/caddy/Caddyfile", registries_file=None,
+                         backup_dir=backup_dir)
+
+    assert "same filesystem as dataDir" in render("/srv/backups/registry")
+    assert "same filesystem as dataDir" not in render(None)

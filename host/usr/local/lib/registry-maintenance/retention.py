@@ -441,7 +441,11 @@ def run(config: Mapping[str, Any], dry_run: bool, out: Any = sys.stdout) -> int:
     say(f"in use: {source}; protected by retentionProtect: {len(policy.protect)}")
     failures = 0
     total_tags = total_manifests = 0
+    ignored = set(config.get("ignore_repositories") or [])
     for repository in repositories:
+        if repository in ignored:
+            say(f"{repository}: the deploy check's probe image, not an application image: left alone")
+            continue
         if policy.rule_for(repository) is None:
             continue
         try:
