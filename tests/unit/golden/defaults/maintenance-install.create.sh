@@ -41,11 +41,14 @@ retention() { python3 -I /usr/local/lib/registry-maintenance/retention.py /etc/r
 
 <host/usr/local/sbin/registry-maintenance.sh sha256=e1142f1334151cbb4619f857b1a5dbb5e94f16232f5f08f9a7cb2aff22086ea9 quoted>REGISTRY_OPS_FILE_END
 cat > "$tmp/1" <<'"'"'REGISTRY_OPS_FILE_END'"'"'
-<host/usr/local/lib/registry-maintenance/retention.py sha256=89cbee36a3f0eb948e31adcb76b315a9983ece5cfc7bcbd6f4ea33d5eb451fdb quoted>REGISTRY_OPS_FILE_END
+<host/usr/local/lib/registry-maintenance/retention.py sha256=0d9adc29679391de8c34f8df49052e7ce2938cdee5ad606a875aebe619096b98 quoted>REGISTRY_OPS_FILE_END
 cat > "$tmp/2" <<'"'"'REGISTRY_OPS_FILE_END'"'"'
 {
   "data_dir": "/srv/data/registry",
   "enabled": false,
+  "ignore_repositories": [
+    "ops/verify-probe"
+  ],
   "k3s": "required",
   "keep_tags": [
     "v?[0-9]+[.][0-9]+([.][0-9]+)?([-+][0-9A-Za-z.+-]+)?",
