@@ -184,3 +184,16 @@ def test_every_relative_link_in_the_docs_reaches_a_file_and_heading() -> None:
 def test_the_blocks_the_engine_tests_run_are_where_they_read_them(doc: str, marker: str) -> None:
     """tests/e2e/test_engine.py runs these blocks verbatim; a move of the section must move its reader too."""
     assert re.search(rf"<!-- {marker} -->\n```sh\n.+?```", (ROOT / doc).read_text(), re.S), (doc, marker)
+
+
+def test_application_ci_pushes_with_its_own_secret_and_holds_no_pulumi_token() -> None:
+    app = yaml.safe_load((ROOT / "docs" / "examples" / "app-image.yml").read_text())
+    text = json.dumps(app)
+    assert "PULUMI_ACCESS_TOKEN" not in text and "pulumi" not in text.lower()
+    assert "secrets.REGISTRY_PUSH_PASSWORD" in text and "--password-stdin" in text
+    deploy = yaml.safe_load((ROOT / ".github" / "workflows" / "deploy.yml").read_text())
+    [step] = [s for s in deploy["jobs"]["up"]["steps"] if "push credential" in s.get("name", "")]
+    assert step["env"]["GH_TOKEN"] == "${{ secrets.APP_SECRETS_TOKEN }}"
+    # The password reaches gh on stdin (printf is a shell builtin): never in an argument.
+    assert '| gh secret set REGISTRY_PUSH_PASSWORD --repo "$repo"' in step["run"]
+    assert "--body \"$password\"" not in step["run"] and "::add-mask::$password" in step["run"]
