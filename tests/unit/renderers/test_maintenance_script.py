@@ -179,6 +179,7 @@ def test_retention_talks_to_the_registry_on_loopback_not_through_the_site() -> N
     assert config == {
         "enabled": True, "registry": "http://127.0.0.1:5000", "data_dir": "/srv/data/registry",
         "rules": [{"repositories": "*", "keep": 10}], "keep_tags": list(DEFAULT_KEEP), "protect": [], "k3s": "required",
+        "ignore_repositories": ["ops/verify-probe"],
     }
     assert retention.load_policy(config) == Policy((Rule("*", 10),), DEFAULT_KEEP, frozenset())
 
