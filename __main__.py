@@ -10,7 +10,7 @@ from components.flux_secret import FluxSecret, FluxSecretArgs
 from components.host import Host, HostArgs
 from components.k3s_node import K3sNode, K3sNodeArgs, NodeTrustArgs
 from components.k3s_trust import K3sTrust, K3sTrustArgs
-from components.maintenance import Maintenance, MaintenanceArgs
+from components.maintenance import BackupS3, Maintenance, MaintenanceArgs
 from components.registry import CONTAINER, ENV_FILE, RegistryArgs, RegistryContainer, upstream_address
 from components.verify import Verify, VerifyArgs, VerifyNode
 from renderers.dockerconfigjson import dockerconfigjson
@@ -116,6 +116,11 @@ Maintenance("maintenance", MaintenanceArgs(
     env_file=ENV_FILE, gc_schedule=cfg.gc_schedule, gc_delete_untagged=cfg.gc_delete_untagged,
     backup_schedule=cfg.backup_schedule, backup_dir=cfg.backup_dir, backup_keep=cfg.backup_keep,
     backup_min_free_percent=cfg.backup_min_free_percent,
+    backup_s3=BackupS3(
+        endpoint=cfg.s3_endpoint, region=cfg.s3_region, bucket=cfg.backup_s3_bucket, prefix=cfg.backup_s3_prefix,
+        access_key=pulumi.Output.secret(cfg.s3_access_key or ""), secret_key=pulumi.Output.secret(cfg.s3_secret_key or ""),
+        ca_file=cfg.s3_ca_file,
+    ) if cfg.backup_s3_bucket else None,
     retention=RetentionSpec(
         enabled=cfg.retention, rules=cfg.retention_rules, keep_tags=cfg.retention_keep_tags,
         protect=cfg.retention_protect, k3s=cfg.k3s_trust,

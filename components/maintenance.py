@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 import pulumi
 
 from components.host import Host
-from renderers.maintenance_install import maintenance_install, maintenance_remove
+from renderers.maintenance_install import (
+    backup_s3_config,
+    backup_s3_remove,
+    backup_s3_target,
+    backup_s3_write,
+    maintenance_install,
+    maintenance_remove,
+)
 from renderers.maintenance_script import MAINTENANCE_SCRIPT, MaintenanceSpec
 from renderers.registry_env import StorageSpec
 from renderers.retention_config import RetentionSpec
@@ -49,6 +56,26 @@ class MaintenanceArgs:
     """The data directory or an S3-compatible bucket (no archive backups then)."""
     replicas: int = 1
     """Registry containers sharing the storage."""
+    backup_s3: BackupS3 | None = None
+    """Where every backup archive is also copied, off the server; None keeps them on the server only."""
+
+
+@dataclass(frozen=True)
+class BackupS3:
+    endpoint: str | None
+    """URL of the S3-compatible server; AWS S3 when None."""
+    region: str
+    """Region of the bucket."""
+    bucket: str
+    """The bucket (it must exist)."""
+    prefix: str
+    """Prefix of the copies inside it."""
+    access_key: pulumi.Input[str]
+    """Access key id (secret)."""
+    secret_key: pulumi.Input[str]
+    """Secret access key (secret)."""
+    ca_file: str | None
+    """PEM CA on the host for a private https endpoint."""
 
 
 class Maintenance(pulumi.ComponentResource):
@@ -73,6 +100,8 @@ class Maintenance(pulumi.ComponentResource):
                     backup_dir=args.backup_dir,
                     backup_keep=args.backup_keep,
                     backup_min_free_percent=args.backup_min_free_percent,
+                    backup_s3=backup_s3_target(args.backup_s3.endpoint, args.backup_s3.bucket, args.backup_s3.prefix)
+                    if args.backup_s3 else "",
                     gc_delete_untagged=args.gc_delete_untagged,
                     retention=args.retention,
                     distribution=args.distribution,
@@ -89,5 +118,14 @@ class Maintenance(pulumi.ComponentResource):
             delete=maintenance_remove(args.backup_dir),
             parent=self,
         )
+        if args.backup_s3 is not None:
+            s3 = args.backup_s3
+            config = pulumi.Output.all(s3.access_key, s3.secret_key).apply(
+                lambda keys: backup_s3_config(s3.endpoint, s3.region, s3.bucket, s3.prefix, keys[0], keys[1], s3.ca_file)
+            )
+            args.host.run(
+                f"{name}-backup-s3", create=backup_s3_write(), delete=backup_s3_remove(),
+                stdin=pulumi.Output.secret(config), parent=self,
+            )
         self.script = install.create.apply(lambda _: MAINTENANCE_SCRIPT)
         self.register_outputs({"script": self.script})

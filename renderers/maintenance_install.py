@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-from renderers.maintenance_script import MAINTENANCE_SCRIPT, MaintenanceSpec, render_maintenance_script
+from renderers import shipped
+from renderers.maintenance_script import (
+    BACKUP_S3_CONFIG,
+    BACKUP_S3_SCRIPT,
+    MAINTENANCE_SCRIPT,
+    MaintenanceSpec,
+    render_maintenance_script,
+)
 from renderers.retention_config import (
     RETENTION_CONFIG,
     RETENTION_DIR,
@@ -36,6 +44,7 @@ def maintenance_files(spec: MaintenanceSpec, gc_schedule: str, backup_schedule: 
     files = [
         HostFile(MAINTENANCE_SCRIPT, "0755", render_maintenance_script(spec)),
         HostFile(RETENTION_SCRIPT, "0644", retention_script()),
+        HostFile(BACKUP_S3_SCRIPT, "0644", shipped.text(shipped.BACKUP_S3)),
         HostFile(RETENTION_CONFIG, "0644", render_retention_config(spec)),
         HostFile(f"{UNIT_DIR}/{GC_UNIT}.service", "0644", render_service("Registry garbage collection (read-only window)", "gc")),
         HostFile(f"{UNIT_DIR}/{BACKUP_UNIT}.service", "0644", render_service("Registry backup (read-only window)", "backup")),
@@ -111,9 +120,39 @@ def maintenance_remove(backup_dir: str) -> str:
         f"systemctl disable --now {q(GC_UNIT + '.timer')} {q(BACKUP_UNIT + '.timer')} 2>/dev/null || true",
         f"systemctl disable {q(RECOVER_UNIT + '.service')} 2>/dev/null || true",
         "rm -f " + " ".join(q(f"{UNIT_DIR}/{unit}") for unit in units)
-        + f" {q(MAINTENANCE_SCRIPT)} {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)}",
+        + f" {q(MAINTENANCE_SCRIPT)} {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)} {q(BACKUP_S3_SCRIPT)} {q(BACKUP_S3_CONFIG)}",
         f"rmdir {q(RETENTION_DIR)} 2>/dev/null || true",
         "systemctl daemon-reload",
         f"echo {q(f'maintenance timers removed; the backups in {backup_dir} and the registry data are kept')}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def backup_s3_config(endpoint: str | None, region: str, bucket: str, prefix: str, access_key: str, secret_key: str,
+                     ca_file: str | None) -> str:
+    """/etc/registry/backup-s3.json (it holds the credential: it reaches the host on stdin only)."""
+    return json.dumps({
+        "endpoint": endpoint or "", "region": region, "bucket": bucket, "prefix": prefix,
+        "access_key": access_key, "secret_key": secret_key, "ca_file": ca_file or "",
+    }, indent=2, sort_keys=True) + "\n"
+
+
+def backup_s3_target(endpoint: str | None, bucket: str, prefix: str) -> str:
+    """Where the off-server copies go, in words (no secret)."""
+    return f"s3://{bucket}/{prefix.strip('/')}".rstrip("/") + f" at {endpoint or 'AWS S3'}"
+
+
+def backup_s3_write() -> str:
+    """Write the off-server destination from stdin, root-only, replacing the previous one whole."""
+    return "\n".join([
+        "set -eu",
+        "umask 077",
+        "[ -d /etc/registry ] || install -d -m 0700 /etc/registry",
+        f"cat > {q(BACKUP_S3_CONFIG)}.new",
+        f"mv {q(BACKUP_S3_CONFIG)}.new {q(BACKUP_S3_CONFIG)}",
+        f"echo {q('off-server backup destination written to ' + BACKUP_S3_CONFIG + ' (root-only)')}",
+    ]) + "\n"
+
+
+def backup_s3_remove() -> str:
+    return f"rm -f {q(BACKUP_S3_CONFIG)}\n"

@@ -24,6 +24,9 @@ MAINTENANCE_SCRIPT = "/usr/local/sbin/registry-maintenance"
 LOCK_FILE = MAINTENANCE_LOCK
 STATE_DIR = "/var/lib/registry-maintenance"
 """The outcome of the last gc, retention and backup run (`status` reads it)."""
+BACKUP_S3_SCRIPT = "/usr/local/lib/registry-maintenance/backup_s3.py"
+BACKUP_S3_CONFIG = "/etc/registry/backup-s3.json"
+"""Root-only: where off-server copies go and the credential (written from secret stdin by maintenance-backup-s3)."""
 REGISTRY_CONFIG = "/etc/docker/registry/config.yml"
 """The config file inside the registry:2 image; garbage-collect reads it (plus the container's env)."""
 REGISTRY3_CONFIG = "/etc/distribution/config.yml"
@@ -57,6 +60,8 @@ class MaintenanceSpec:
     """filesystem (the data directory, archived by backups) or S3 (the store's own backups)."""
     replicas: int = 1
     """Registry containers sharing the storage: a window makes every one read-only, one at a time."""
+    backup_s3: str = ""
+    """Where off-server copies go, for messages (`s3://bucket/prefix at endpoint`); empty: none."""
     backup_min_free_percent: int = 10
     """Free share of backupDir's filesystem a backup must leave, or it is refused before the window opens."""
 
@@ -90,6 +95,7 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         f"BACKUP_DIR={q(spec.backup_dir)}",
         f"KEEP={spec.backup_keep}",
         f"MIN_FREE_PERCENT={spec.backup_min_free_percent}",
+        f"BACKUP_S3={q(spec.backup_s3)}",
         f"STATE_DIR={q(STATE_DIR)}",
         f"FLAG={q(MAINTENANCE_FLAG)}",
         f"LOCK={q(LOCK_FILE)}",
@@ -104,5 +110,6 @@ def render_maintenance_script(spec: MaintenanceSpec) -> str:
         f"launch_read_write() {launch}",
         f"launch_read_only() {launch_ro}",
         f"retention() {{ python3 -I {q(RETENTION_SCRIPT)} {q(RETENTION_CONFIG)} \"$@\"; }}",
+        f"backup_s3() {{ python3 -I {q(BACKUP_S3_SCRIPT)} {q(BACKUP_S3_CONFIG)} \"$@\"; }}",
     ]
     return "\n".join(header) + "\n\n" + shipped.text(shipped.MAINTENANCE)

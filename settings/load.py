@@ -74,8 +74,19 @@ def _storage_errors(raw: Mapping[str, Any], values: Mapping[str, Any], project: 
     storage = values.get("storage", Settings.storage)
     if "storage" in bad:
         return found
+    backup_s3 = values.get("backup_s3_bucket") is not None
+    if backup_s3 and storage != "filesystem":
+        found.append(f"{project}:backupS3Bucket = {values['backup_s3_bucket']!r} is invalid; accepted: empty with storage = {storage!r} (the store backs its data up itself)")
+    if backup_s3 and storage == "filesystem":
+        for key in ("s3AccessKey", "s3SecretKey"):
+            if values.get(SCHEMA[key][0]) is None and key not in bad:
+                found.append(f"{project}:{key} is not set; accepted: the S3 credential (set it with --secret), required with backupS3Bucket")
     if storage == "filesystem":
+        # Off-server backups use the same endpoint, region, credential and CA settings.
+        allowed = {"s3Endpoint", "s3AccessKey", "s3SecretKey", "s3CaFile"} if backup_s3 else set()
         for key in S3_KEYS:
+            if key in allowed:
+                continue
             if raw.get(key) not in (None, "") and key not in bad:
                 found.append(f"{project}:{key} = {_show(key, raw[key])} is invalid; accepted: empty while storage = 'filesystem' (set storage to s3 to use it)")
     else:

@@ -148,6 +148,10 @@ class Settings:
     """Host directory the backup archives go to (root-only); never removed."""
     backup_keep: int = 7
     """How many backup archives to keep; older ones are deleted after a successful backup."""
+    backup_s3_bucket: str | None = None
+    """Bucket the archives are also copied to, off the server (with s3Endpoint, s3Region and the s3 keys)."""
+    backup_s3_prefix: str = ""
+    """Prefix of the copies inside backupS3Bucket."""
     backup_min_free_percent: int = 10
     """A backup that would leave less than this share of backupDir's filesystem free is refused before it starts."""
     retention: bool = False

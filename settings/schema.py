@@ -317,6 +317,8 @@ SCHEMA: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "backupSchedule": ("backup_schedule", _str(_CALENDAR, _is_calendar)),
     "backupDir": ("backup_dir", _str(_PATH, _is_abs_path)),
     "backupKeep": ("backup_keep", _int(1, 1000)),
+    "backupS3Bucket": ("backup_s3_bucket", _optional(_str("an S3 bucket name: 3-63 lower-case letters, digits, '.' and '-'", lambda v: bool(re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", v))))),
+    "backupS3Prefix": ("backup_s3_prefix", _str("empty, or a prefix such as registry/prod (letters, digits and ._/-)", lambda v: v == "" or bool(re.match(r"^[A-Za-z0-9._-][A-Za-z0-9._/-]{0,200}$", v)))),
     "backupMinFreePercent": ("backup_min_free_percent", _int(0, 90)),
     "retention": ("retention", _bool),
     "retentionRules": ("retention_rules", _rules),

@@ -4,8 +4,11 @@ fails before any connection."""
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,3 +199,56 @@ def test_backup_on_a_nearly_full_filesystem_is_refused_and_status_says_so(
     finally:
         stack.cleanup()
         testhost.exec(f"umount {SMALL}; rmdir {SMALL}; rm -rf /var/lib/registry-maintenance", check=False)
+
+
+def test_off_server_backup_restores_on_a_wiped_server_with_the_same_digests(
+    testhost: TestHost, engine: Engine, tmp_path: Path
+) -> None:
+    """The server's disk is lost (stack destroyed, data directory and every local archive deleted, the registry
+    container gone); a new stack on it restores the off-server copy from the bucket with every digest intact."""
+    from tests.e2e.test_storage import S3_ACCESS_KEY, S3_BUCKET, S3_ENDPOINT, S3_SECRET_KEY, start_s3
+    from tests.e2e.testhost import ensure_extras
+
+    ensure_extras(testhost, s3=True)
+    start_s3(testhost)
+    clients = Clients(testhost)
+    clients.trust_pebble()
+    prefix = f"offsite-{os.getpid()}"
+    config = stack_config(
+        testhost, flux="false", backupSchedule="", gcSchedule="", backupS3Bucket=S3_BUCKET, backupS3Prefix=prefix,
+        s3Endpoint=S3_ENDPOINT, s3AccessKey=S3_ACCESS_KEY, s3SecretKey=S3_SECRET_KEY, backupKeep="1",
+    )
+    first = EngineStack.open(engine, "offsite", testhost, tmp_path / "one", config)
+    second = EngineStack.open(engine, "offsite-new", testhost, tmp_path / "two", config)
+    try:
+        assert first.apply().ok, first.history[-1].error
+        assert S3_SECRET_KEY not in "\n".join(first.history[-1].printed)
+        authfile = clients.authfile("offsite", first.exports["dockerConfigJson"])
+        refs = {"offsite/app:1": "", "offsite/tool:7": ""}
+        for ref in refs:
+            clients.push(clients.make_image(ref.replace("/", "-").replace(":", "-")), ref, authfile)
+            refs[ref] = clients.digest(ref, authfile)
+        out = clients.maintenance("backup", timeout=300)
+        [name] = re.findall(r"off-server copy written: (registry-\d{8}T\d{6}Z\.tar) in s3://", out)
+        # backupKeep = 1 holds off the server too: a second backup replaces the first copy there.
+        time.sleep(1.1)
+        again = clients.maintenance("backup", timeout=300)
+        [newest] = re.findall(r"off-server copy written: (registry-\d{8}T\d{6}Z\.tar)", again)
+        assert f"removed old off-server copy {name}" in again and newest != name
+        assert "off-server copies: s3://" in clients.maintenance("status", timeout=60)
+
+        assert first.destroy().ok, first.history[-1].error
+        testhost.exec("docker rm -f registry >/dev/null 2>&1; rm -rf /srv/data/registry /srv/backups/registry "
+                      "/var/lib/registry-maintenance")
+        assert second.apply().ok, second.history[-1].error
+        new_auth = clients.authfile("offsite-new", second.exports["dockerConfigJson"])
+        assert clients.list_tags("offsite/app", new_auth, check=False).returncode != 0  # an empty registry
+        restored = clients.maintenance(f"restore s3:{newest}", timeout=300)
+        assert f"downloading {newest} from s3://" in restored
+        # The two pushed, and the deploy check's probe.
+        assert "restored 3 repositories with 3 tags" in restored, restored
+        clients.wait_registry()
+        assert {ref: clients.digest(ref, new_auth) for ref in refs} == refs
+    finally:
+        for s in (first, second):
+            s.cleanup()

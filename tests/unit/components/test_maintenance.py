@@ -92,3 +92,22 @@ def test_the_install_command_stays_well_under_the_kernels_single_argument_limit(
     # The whole install (the retention program included) is one `sh -c` argument: Linux caps one at 128 KiB.
     command = programs.ok({**TYPICAL, "retention": "true"}).named("maintenance-install").value("create")
     assert len(command.encode()) < 96 * 1024
+
+
+def test_the_off_server_destination_reaches_the_host_on_secret_stdin_only(programs: Programs) -> None:
+    from tests.harness import is_secret
+
+    run = programs.ok({**TYPICAL, "backupS3Bucket": "registry-backups", "backupS3Prefix": "prod",
+                       "s3Endpoint": "https://s3.example.com", "s3AccessKey": "AKOFFSERVER", "s3SecretKey": "off/server+secret"})
+    step = run.named("maintenance-backup-s3")
+    assert is_secret(step.inputs["stdin"])
+    config = json.loads(step.value("stdin"))
+    assert config == {"endpoint": "https://s3.example.com", "region": "us-east-1", "bucket": "registry-backups",
+                      "prefix": "prod", "access_key": "AKOFFSERVER", "secret_key": "off/server+secret", "ca_file": ""}
+    for r in run.registrations:
+        for op in ("create", "update", "delete"):
+            assert "off/server+secret" not in str(r.value(op) or ""), r.name
+    install = run.named("maintenance-install").value("create")
+    assert "BACKUP_S3=" in install and "s3://registry-backups/prod at https://s3.example.com" in install
+    assert "off/server+secret" not in install and "AKOFFSERVER" not in install
+    assert "maintenance-backup-s3" not in {r.name for r in programs.ok(TYPICAL).registrations}

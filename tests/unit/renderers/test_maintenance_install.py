@@ -103,6 +103,8 @@ def test_remove_takes_units_and_script_but_never_data_or_backups() -> None:
         "/usr/local/sbin/registry-maintenance",
         "/usr/local/lib/registry-maintenance/retention.py",
         "/etc/registry/retention.json",
+        "/usr/local/lib/registry-maintenance/backup_s3.py",
+        "/etc/registry/backup-s3.json",  # the off-server destination and its credential; the copies stay
     }
     # Stopping a running window first lets its exit trap put the registry back to read-write.
     assert remove.index("systemctl stop registry-gc.service registry-backup.service") < remove.index("rm -f")

@@ -403,3 +403,27 @@ def test_each_bad_storage_or_replica_setting_names_key_value_and_what_is_accepte
 def test_virtual_hosted_addressing_is_fine_on_distribution_3() -> None:
     s = parse_settings({"host": "h", "domain": "registry.example.com", "acmeEmail": "ops@example.com", **S3, "s3ForcePathStyle": "false", "registryImage": "registry:3"})
     assert not s.s3_force_path_style and s.distribution == 3
+
+
+OFF_SERVER = {"backupS3Bucket": "registry-backups", "s3Endpoint": "https://s3.example.com", "s3AccessKey": "AK", "s3SecretKey": "SK"}
+
+
+def test_off_server_backups_take_the_s3_settings_with_filesystem_storage() -> None:
+    settings = parse_settings({**BASE, **OFF_SERVER, "backupS3Prefix": "registry/prod"})
+    assert (settings.storage, settings.backup_s3_bucket, settings.backup_s3_prefix) == ("filesystem", "registry-backups", "registry/prod")
+    assert (settings.s3_endpoint, settings.s3_access_key) == ("https://s3.example.com", "AK")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"backupS3Bucket": "b-1x"}, "registry:s3AccessKey is not set; accepted: the S3 credential (set it with --secret), required with backupS3Bucket"),
+        ({**OFF_SERVER, "s3Bucket": "data"}, "registry:s3Bucket = 'data' is invalid; accepted: empty while storage = 'filesystem'"),
+        ({**OFF_SERVER, "storage": "s3", "s3Bucket": "data"}, "registry:backupS3Bucket = 'registry-backups' is invalid; accepted: empty with storage = 's3'"),
+        ({"s3AccessKey": "AK"}, "registry:s3AccessKey = <secret> is invalid; accepted: empty while storage = 'filesystem'"),
+    ],
+)
+def test_off_server_backup_settings_are_refused_naming_the_key(raw: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings({**BASE, **raw})
+    assert expected in str(info.value)

@@ -17,11 +17,12 @@ record() {  # record WHAT ok|failed [MESSAGE]: the outcome `status` reports (and
 
 usage() {
   cat >&2 <<'USAGE'
-usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE | recover | status
+usage: registry-maintenance gc | retention --dry-run | backup | restore ARCHIVE|s3:NAME | recover | status
   gc               window: tag retention (when on), then read-only (every replica): garbage-collect --dry-run (logged), garbage-collect
   retention --dry-run  the tags (and manifests) the next gc would delete, and why others stay; changes nothing
   backup           read-only window: archive the registry's data into the backup directory, keep the newest
   restore ARCHIVE  put an archive back; the current data is moved aside inside the data directory, never deleted
+  restore s3:NAME  the same with the off-server copy NAME (downloaded into the backup directory first)
   recover          return to read-write if a window was cut short (runs at boot)
   status           mode, timers, disk usage, backups, and the last gc/retention/backup run: exits 1 if one failed
 USAGE
@@ -233,11 +234,43 @@ cmd_backup() {
   mv "$partial" "$archive"
   partial=''
   say "backup written: $archive ($(du -h "$archive" | cut -f1), sha256 $sum)"
+  if [ -n "$BACKUP_S3" ]; then
+    if ! { backup_s3 put "$archive" "registry-$stamp.tar" && backup_s3 put "$archive.sha256" "registry-$stamp.tar.sha256"; }; then
+      die "the off-server copy to $BACKUP_S3 failed (see above); the archive is kept in $archive"
+    fi
+    say "off-server copy written: registry-$stamp.tar in $BACKUP_S3"
+  fi
   prune
+  [ -z "$BACKUP_S3" ] || prune_s3
+}
+
+prune_s3() {  # keep the newest KEEP off-server copies too
+  names=$(backup_s3 list) || die "listing the off-server copies in $BACKUP_S3 failed (see above)"
+  archives=$(printf '%s\n' "$names" | grep '^registry-.*\.tar$' || true)
+  excess=$(($(printf '%s\n' "$archives" | grep -c . || true) - KEEP))
+  [ "$excess" -gt 0 ] || return 0
+  printf '%s\n' "$archives" | head -n "$excess" | while IFS= read -r old; do
+    if ! { backup_s3 delete "$old" && backup_s3 delete "$old.sha256"; }; then die "removing the old off-server copy $old failed"; fi
+    say "removed old off-server copy $old"
+  done
+}
+
+fetch_s3() {  # fetch_s3 NAME: the off-server copy NAME (and its .sha256) into the backup directory; sets archive
+  [ -n "$BACKUP_S3" ] || die "no off-server destination is configured (backupS3Bucket); restore an archive file instead"
+  case "$1" in registry-*.tar) ;; *) die "s3:$1: the name of an off-server copy is registry-<UTC time>.tar" ;; esac
+  case "$1" in */*) die "s3:$1: a name, not a path" ;; esac
+  umask 077
+  install -d -m 0700 "$BACKUP_DIR"
+  say "downloading $1 from $BACKUP_S3"
+  if ! { backup_s3 get "$1" "$BACKUP_DIR/$1" && backup_s3 get "$1.sha256" "$BACKUP_DIR/$1.sha256"; }; then
+    die "downloading $1 from $BACKUP_S3 failed (see above); nothing was changed"
+  fi
+  archive="$BACKUP_DIR/$1"
 }
 
 cmd_restore() {
   archive=${1:-}
+  case "$archive" in s3:*) fetch_s3 "${archive#s3:}" ;; esac
   [ "$STORAGE" = filesystem ] || die "storage is $STORAGE: restore the bucket with the store's own means (an earlier object version, a replica); this command restores data-directory archives only"
   [ -n "$archive" ] || { usage; die "restore needs an archive, e.g. the newest of: ls $BACKUP_DIR"; }
   [ -f "$archive" ] || die "$archive: no such file"
@@ -334,6 +367,7 @@ cmd_status() {
     say "data: $STORAGE (backups are the store's job: versioning, replication)"
   fi
   say "tag retention in the GC window: $RETENTION (preview: registry-maintenance retention --dry-run)"
+  [ -z "$BACKUP_S3" ] || say "off-server copies: $BACKUP_S3 (keeping $KEEP; restore one with: registry-maintenance restore s3:NAME)"
   say "backups in $BACKUP_DIR (keeping $KEEP):"
   found=0
   for f in "$BACKUP_DIR"/registry-*.tar; do
