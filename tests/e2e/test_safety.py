@@ -213,6 +213,8 @@ def test_off_server_backup_restores_on_a_wiped_server_with_the_same_digests(
     start_s3(testhost)
     clients = Clients(testhost)
     clients.trust_pebble()
+    # Start from an empty data directory (earlier tests of the session leave theirs: destroy keeps the data).
+    testhost.exec("docker rm -f registry >/dev/null 2>&1; rm -rf /srv/data/registry")
     prefix = f"offsite-{os.getpid()}"
     config = stack_config(
         testhost, flux="false", backupSchedule="", gcSchedule="", backupS3Bucket=S3_BUCKET, backupS3Prefix=prefix,
