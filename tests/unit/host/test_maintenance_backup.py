@@ -106,3 +106,16 @@ def test_a_later_failure_is_reported_while_the_last_success_is_kept(host: Host) 
     assert status.returncode == 1
     assert "last backup: FAILED at" in status.stdout
     assert re.search(r"last successful backup: \S+ \(0 min ago\)", status.stdout)
+
+
+def test_a_failed_garbage_collection_makes_status_fail_naming_it(host: Host) -> None:
+    (host.data / "docker" / "registry" / "v2" / "repositories").mkdir(parents=True)
+    fail_gc = '#!/bin/sh\necho "docker $*" >>"$STUB_LOG"\ncase "$1" in inspect) exit 1 ;; exec) echo "disk I/O error" >&2; exit 1 ;; esac\n'
+    (host.script.parent / "bin" / "docker").write_text(fail_gc)
+    gc = host.run("gc", total_kib=10 * GIB, avail_kib=5 * GIB)
+    assert gc.returncode == 1 and "garbage-collect --dry-run failed" in gc.stderr
+    assert not host.flag.exists()  # the exit trap closed the window
+    status = host.run("status", total_kib=10 * GIB, avail_kib=5 * GIB)
+    assert status.returncode == 1
+    assert re.search(r"last gc: FAILED at \S+ \(0 min ago\): garbage-collect --dry-run failed", status.stdout), status.stdout
+    assert "status: the last run of gc failed" in status.stderr
