@@ -6,6 +6,7 @@ from pulumi.runtime.settings import get_monitor
 
 from components.caddy_site import CaddySite, CaddySiteArgs
 from components.credentials import Credentials, CredentialsArgs
+from components.flux_hook import FluxHook, FluxHookArgs
 from components.flux_secret import FluxSecret, FluxSecretArgs
 from components.host import Host, HostArgs
 from components.k3s_node import K3sNode, K3sNodeArgs, NodeTrustArgs
@@ -44,7 +45,9 @@ nodes = [
         path=n.registries_file or cfg.k3s_registries_file, registry=cfg.domain, check_host_key=cfg.ssh_host_key_check,
     ))
     for n in cfg.nodes
-]
+]# Push-to-deploy: the registry notifies a loopback relay in Caddy, which adds the Receiver's secret path.
+hook_port = cfg.flux_hook_port if cfg.flux and cfg.flux_receiver else None
+
 host = Host("host", HostArgs(
     address=cfg.host, port=cfg.ssh_port, user=cfg.ssh_user, private_key=cfg.ssh_private_key,
     host_key=cfg.ssh_host_key, data_dir=cfg.data_dir, require_k3s=cfg.k3s_trust, k3s_service=cfg.k3s_service,
@@ -64,7 +67,7 @@ site = CaddySite("caddy-site", CaddySiteArgs(
     allowlist=cfg.allowlist, acme_ca_url=cfg.acme_ca_url, acme_ca_root=cfg.acme_ca_root,
     caddyfile=cfg.caddyfile, site_file=cfg.caddy_site_file,
     previous_push_hash=creds.previous_push_hash, previous_pull_hash=creds.previous_pull_hash,
-    rotated_at=creds.rotated_at, grace_seconds=cfg.credential_grace_period,
+    rotated_at=creds.rotated_at, grace_seconds=cfg.credential_grace_period, hook_port=hook_port,
 ))
 # A rotation is a handover: every client gets the new passwords only once the site accepts them (site.live),
 # and the site refuses the previous ones only once the trust file, k3s and the Flux secret switched (site.finish).
@@ -73,7 +76,7 @@ registry = RegistryContainer("registry", RegistryArgs(
     host=host, image=cfg.registry_image, port=cfg.registry_port, http_secret=creds.http_secret,
     distribution=cfg.distribution, storage=storage, replicas=cfg.registry_replicas,
     s3_access_key=pulumi.Output.secret(cfg.s3_access_key or ""), s3_secret_key=pulumi.Output.secret(cfg.s3_secret_key or ""),
-    after=[site.handover],
+    notify_url=f"http://127.0.0.1:{hook_port}/" if hook_port else None, after=[site.handover],
 ))
 pull_password = site.live(creds.pull_password)
 push_password = site.live(creds.push_password)
@@ -95,7 +98,12 @@ flux = FluxSecret("flux", FluxSecretArgs(
     context=cfg.kube_context,
     namespace=cfg.flux_namespace, secret_name=cfg.flux_secret_name, images=cfg.flux_images,
     api_version=cfg.flux_api_version, interval=cfg.flux_interval, ca_cert=cfg.flux_ca_cert, after=[site.handover],
+    receiver=hook_port is not None, rotation=cfg.credential_rotation, receiver_address=cfg.flux_receiver_address,
 )) if cfg.flux else None
+if flux is not None and flux.hook_path is not None and flux.receiver_upstream is not None:
+    FluxHook("flux-hook", FluxHookArgs(
+        host=host, path=flux.hook_path, upstream=flux.receiver_upstream, after=[site.handover],
+    ))
 site.finish(after=[r for r in (trust, *nodes, flux) if r is not None])
 if cfg.verify:
     Verify("verify", VerifyArgs(

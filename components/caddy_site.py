@@ -52,6 +52,9 @@ class CaddySiteArgs:
     """Unix time of the last rotation; the grace period counts from it."""
     grace_seconds: int = 0
     """How long the previous hashes stay accepted after the rotation; 0 ends the handover in the same `up`."""
+    hook_port: int | None = None
+    """Push-to-deploy: the loopback port of the relay to Flux's Receiver (its files belong to FluxHook); None: no
+    relay."""
 
 
 class CaddySite(pulumi.ComponentResource):
@@ -126,6 +129,7 @@ class CaddySite(pulumi.ComponentResource):
                 acme_ca_root=args.acme_ca_root,
                 previous_push_hash=previous_push,
                 previous_pull_hash=previous_pull,
+                hook_port=args.hook_port,
             )
         )
 

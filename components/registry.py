@@ -37,6 +37,8 @@ class RegistryArgs:
     """S3 access key id (secret; S3 storage only)."""
     s3_secret_key: pulumi.Input[str] = ""
     """S3 secret key (secret; S3 storage only)."""
+    notify_url: str | None = None
+    """Push-to-deploy: where the registry sends its manifest-push notifications (the loopback relay); None: none."""
     after: Sequence[pulumi.Resource] = ()
     """The Caddy site step: the container is swapped only once a site that holds pulls across the swap is live."""
 
@@ -69,7 +71,7 @@ class RegistryContainer(pulumi.ComponentResource):
         env_file: pulumi.Output[str] = pulumi.Output.all(args.http_secret, args.s3_access_key, args.s3_secret_key).apply(
             lambda v: render_registry_env(
                 str(v[0]), storage=args.storage, distribution=args.distribution, s3_access_key=str(v[1] or ""),
-                s3_secret_key=str(v[2] or ""),
+                s3_secret_key=str(v[2] or ""), notify_url=args.notify_url,
             )
         )
         if args.replicas == 1:

@@ -23,6 +23,9 @@ names the slots, never the replicas, so a change of replicas is a file write and
 drops a request that arrives on a connection the outgoing configuration had just accepted)."""
 UPSTREAM_SLOTS = MAX_REPLICAS
 """One slot per possible replica; with fewer replicas they take turns in the spare slots."""
+HOOK_DIR = "/etc/caddy/flux-hook"
+"""The relay's two files, read at every request (a new token or address needs no reload): `path`, the Receiver's
+secret webhook path (root:caddy 0640), and `upstream`, host:port of the notification-controller's receiver."""
 FAIL_DURATION = "2s"
 """A slot whose replica refused a connection is skipped this long (it is retried on another slot at once)."""
 
@@ -46,6 +49,8 @@ class SiteSpec:
     """The same for the pull user."""
     upstream_dir: str = UPSTREAM_DIR
     """Where the upstream slot files are."""
+    hook_port: int | None = None
+    """Push-to-deploy: the loopback port of the relay from the registry's notifications to Flux's Receiver."""
 
     @property
     def handover(self) -> bool:
@@ -134,7 +139,28 @@ def render_caddyfile(spec: SiteSpec) -> str:
     if spec.handover:
         lines += _handover(spec)
     lines.append("}")
+    if spec.hook_port:
+        lines += _hook_relay(spec.hook_port)
     return "\n".join(lines) + "\n"
+
+
+def _hook_relay(port: int) -> list[str]:
+    """The registry's notifications, on loopback only, forwarded to Flux's Receiver under its secret path. The site
+    names the files, never the path: Caddy's config (and its admin API) hold only the placeholders. An error is
+    answered by handle_errors, so Caddy logs it at debug level only (its error log would show the rewritten path)."""
+    return [
+        "",
+        f"http://127.0.0.1:{port} {{",
+        "\tbind 127.0.0.1",
+        f"\trewrite * {{file.{HOOK_DIR}/path}}",
+        # Through a variable, as the upstream slots: a placeholder straight in reverse_proxy gets a port appended.
+        f"\tvars flux_receiver {{file.{HOOK_DIR}/upstream}}",
+        "\treverse_proxy {vars.flux_receiver}",
+        "\thandle_errors {",
+        '\t\trespond "receiver unavailable" 502',
+        "\t}",
+        "}",
+    ]
 
 
 def _basic_auth(accounts: Sequence[tuple[str, str]], indent: str) -> list[str]:

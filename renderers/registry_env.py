@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 S3_CA_IN_CONTAINER = "/etc/ssl/registry-s3-ca.pem"
@@ -40,6 +41,27 @@ def distribution_env(distribution: int) -> dict[str, str]:
     return {"REGISTRY_LOG_LEVEL": "info", "OTEL_TRACES_EXPORTER": "none"}
 
 
+NOTIFY_IGNORED_MEDIA_TYPES = ("application/octet-stream",)
+"""Blob events (layers, configs) carry this media type: only manifest pushes reach the relay."""
+
+
+def notifications_endpoints(url: str) -> str:
+    """Distribution's `notifications.endpoints` as one line of YAML (JSON): the relay on loopback, manifest pushes
+    only. 2.8 cannot index the list from the environment, so the whole list is one variable; it ignores
+    `ignore.actions` unless a media type is ignored too, which this does. Nothing in it is secret: the registry logs
+    each endpoint's URL and headers at startup."""
+    endpoint = {
+        "name": "flux-receiver",
+        "url": url,
+        "timeout": "2s",
+        "threshold": 3,
+        "backoff": "1s",
+        "ignoredmediatypes": list(NOTIFY_IGNORED_MEDIA_TYPES),
+        "ignore": {"mediatypes": list(NOTIFY_IGNORED_MEDIA_TYPES), "actions": ["pull"]},
+    }
+    return json.dumps([endpoint], separators=(",", ":"))
+
+
 def render_registry_env(
     http_secret: str,
     container_root: str = "/var/lib/registry",
@@ -47,6 +69,7 @@ def render_registry_env(
     distribution: int = 2,
     s3_access_key: str = "",
     s3_secret_key: str = "",
+    notify_url: str | None = None,
 ) -> str:
     """The registry container's --env-file: storage, deletion, a stable HTTP secret (and the S3 credential).
 
@@ -77,6 +100,8 @@ def render_registry_env(
     env["REGISTRY_STORAGE_DELETE_ENABLED"] = "true"
     env.update(distribution_env(distribution))
     env["REGISTRY_HTTP_SECRET"] = http_secret
+    if notify_url:
+        env["REGISTRY_NOTIFICATIONS_ENDPOINTS"] = notifications_endpoints(notify_url)
     bad = [k for k, v in env.items() if "\n" in v or "\r" in v]
     if bad:
         raise ValueError(f"env file values cannot hold a newline: {bad}")

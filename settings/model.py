@@ -136,6 +136,14 @@ class Settings:
     flux_ca_cert: str | None = None
     """PEM of the CA that issues the registry's certificate, for the image-reflector-controller (a private ACME CA):
     stored in the `<fluxSecretName>-ca` secret each ImageRepository names as certSecretRef; unset for a public CA."""
+    flux_receiver: bool = True
+    """Push-to-deploy (with flux): a Flux Receiver the registry notifies on each manifest push, through a loopback
+    relay in Caddy that adds the Receiver's secret path; the ImageRepositories then scan at once."""
+    flux_receiver_address: str = ""
+    """host:port the relay forwards to (the notification-controller's receiver); empty: the ClusterIP of the
+    flux-system/webhook-receiver Service, port 80, which a k3s server reaches from the host."""
+    flux_hook_port: int = 9393
+    """The relay's port on the server's 127.0.0.1, where the registry sends its notifications."""
     verify: bool = True
     """Check the live site through its public name after every change that matters (and the k3s pull path)."""
     gc_schedule: str = "Sun *-*-* 03:00:00"

@@ -134,6 +134,10 @@ def run_program(
 # --- everything below runs inside the subprocess -------------------------------------------------
 
 
+MOCK_CLUSTER_IP = "10.43.0.42"
+"""The ClusterIP a read Service has under the mocks."""
+
+
 def _fake_outputs(
     typ: str, inputs: dict[str, Any], previous: dict[str, Any] | None, preview: bool, ignored: list[str]
 ) -> dict[str, Any]:
@@ -159,6 +163,9 @@ def _fake_outputs(
         outputs.update(result=password, bcryptHash=hashed)
     elif typ.startswith("pulumi-python:dynamic"):
         return _dynamic_outputs(inputs, previous, preview)
+    elif typ == "kubernetes:core/v1:Service" and not inputs:
+        # A read of an existing Service (`Service.get`): Flux's webhook-receiver, as a cluster would have it.
+        outputs.update(spec={"clusterIP": MOCK_CLUSTER_IP, "ports": [{"port": 80}]})
     elif typ == "command:remote:Command":
         if previous is not None:  # an update keeps the previous outputs, in preview too
             outputs.update(stdout=previous["outputs"].get("stdout", ""), stderr="")

@@ -35,6 +35,8 @@ GOLDEN = Path(__file__).parent / "golden"
 COMMAND = "command:remote:Command"
 GENERATIONS = "pulumi-python:dynamic:Resource::credentials-generations"
 BCRYPT = re.compile(r"\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}")
+HOOK_PATH = re.compile(r"/hook/[0-9a-f]{64}")
+"""A Flux Receiver's webhook path: derived from a generated token."""
 GRACE = 2 * 86400
 USERS = ("robot_user", "k3s_pull")
 
@@ -125,6 +127,7 @@ def _scrubber(runs: list[ProgramRun]) -> Callable[[str], str]:
     def scrub(text: str) -> str:
         for value in ordered:
             text = text.replace(value, values[value])
+        text = HOOK_PATH.sub(lambda m: hashes.setdefault(m.group(0), f"/hook/<sha256-{len(hashes) + 1}>"), text)
         return BCRYPT.sub(lambda m: hashes.setdefault(m.group(0), f"<bcrypt-{len(hashes) + 1}>"), text)
 
     return scrub

@@ -44,7 +44,12 @@ COMPONENTS = {
     "registry": ("registry:index:RegistryContainer", ["registry-container"]),
     "caddy-site": ("registry:index:CaddySite", ["caddy-site-handover", "caddy-site-file"]),
     "k3s-trust": ("registry:index:K3sTrust", ["k3s-trust-file", "k3s-trust-restart"]),
-    "flux": ("registry:index:FluxSecret", ["flux-cluster", "flux-secret", "flux-ruby-demo-app", "flux-team-api"]),
+    "flux": (
+        "registry:index:FluxSecret",
+        ["flux-cluster", "flux-secret", "flux-ruby-demo-app", "flux-team-api", "flux-receiver", "flux-receiver-token",
+         "flux-receiver-secret"],
+    ),
+    "flux-hook": ("registry:index:FluxHook", ["flux-hook-files"]),
     "verify": ("registry:index:Verify", ["verify-check"]),
 }
 

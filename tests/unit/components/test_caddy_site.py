@@ -19,7 +19,7 @@ def test_caddy_site_file_is_the_rendered_site(typical: ProgramRun) -> None:
         SiteSpec(
             domain=DOMAIN, acme_email="ops@example.com",
             push_user="robot_user", push_hash=push["bcryptHash"], pull_user="k3s_pull", pull_hash=pull["bcryptHash"],
-            allowlist=("198.51.100.0/24", "2001:db8::/32"),
+            allowlist=("198.51.100.0/24", "2001:db8::/32"), hook_port=9393,
         )
     )
     assert typical.named("caddy-site-file").value("stdin") == expected

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import pytest
 
-from tests.harness import ProgramRun, is_secret
+from tests.harness import MOCK_CLUSTER_IP, ProgramRun, is_secret
 from tests.unit.support import (
     DOMAIN,
     KUBECONFIG,
@@ -74,7 +75,8 @@ def test_cluster_resources_use_the_component_provider(typical: ProgramRun) -> No
     assert provider.type == "pulumi:providers:kubernetes"
     assert provider.value("enableSecretMutable") in (True, "true")
     cluster = [r for r in typical.registrations if r.type.startswith("kubernetes:")]
-    assert len(cluster) == 3
+    # the pull secret, two ImageRepositories, the Receiver and its token secret
+    assert len(cluster) == 5
     assert all(r.provider == f"{provider.urn}::flux-cluster-id" for r in cluster)
 
 
@@ -97,3 +99,35 @@ def test_kubeconfig_is_handed_to_the_provider_as_a_secret(as_root: ProgramRun, t
 
 def test_flux_secret_string_data_is_secret(typical: ProgramRun) -> None:
     assert is_secret(typical.named("flux-secret").inputs["stringData"])
+
+
+def test_the_receiver_scans_every_image_repository_and_its_path_is_derived_from_the_secret_token(
+    typical: ProgramRun,
+) -> None:
+    receiver = typical.named("flux-receiver")
+    assert receiver.value("apiVersion") == "notification.toolkit.fluxcd.io/v1"
+    assert receiver.value("metadata") == {"name": "registry-credentials-push", "namespace": "flux-system"}
+    spec = receiver.value("spec")
+    assert spec["type"] == "generic"
+    assert spec["secretRef"] == {"name": "registry-credentials-push-token"}
+    assert [r["name"] for r in spec["resources"]] == ["ruby-demo-app", "team-api"]
+    assert {r["kind"] for r in spec["resources"]} == {"ImageRepository"}
+    token_secret = typical.named("flux-receiver-secret")
+    assert is_secret(token_secret.inputs["stringData"])
+    token = password(typical, "flux-receiver-token")
+    assert token_secret.value("stringData") == {"token": token}
+    # The host gets the path Flux serves: /hook/ + sha256(token + name + namespace), only on stdin.
+    files = typical.named("flux-hook-files")
+    expected = "/hook/" + hashlib.sha256(f"{token}registry-credentials-push{'flux-system'}".encode()).hexdigest()
+    assert files.value("stdin") == f"{expected}\n{MOCK_CLUSTER_IP}:80\n"
+    assert is_secret(files.inputs["stdin"])
+    assert token not in files.value("create") and expected not in files.value("create")
+
+
+def test_no_receiver_without_the_hook_and_an_address_given_is_used_as_is(programs: Programs) -> None:
+    off = programs.ok({**TYPICAL, "fluxReceiver": "false"})
+    assert not [r for r in off.registrations if "receiver" in r.name or r.name.startswith("flux-hook")]
+    assert "REGISTRY_NOTIFICATIONS" not in off.named("registry-container").value("stdin")
+    assert "127.0.0.1:9393" not in off.named("caddy-site-file").value("stdin")
+    given = programs.ok({**TYPICAL, "fluxReceiverAddress": "127.0.0.1:9292"})
+    assert given.named("flux-hook-files").value("stdin").endswith("\n127.0.0.1:9292\n")

@@ -33,7 +33,9 @@ def test_registry_container_is_removed_before_its_replacement_starts(typical: Pr
 
 def test_registry_env_file_holds_the_http_secret(typical: ProgramRun) -> None:
     stdin = typical.named("registry-container").value("stdin")
-    assert stdin == render_registry_env(password(typical, "credentials-http-secret"))
+    assert stdin == render_registry_env(
+        password(typical, "credentials-http-secret"), notify_url="http://127.0.0.1:9393/"
+    )
 
 
 LAUNCH = re.compile(r"\bdocker\s+(container\s+)?(run|create)\s+-")
