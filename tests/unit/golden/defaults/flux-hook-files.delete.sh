@@ -1,0 +1,3 @@
+sudo -n sh -c 'set -eu
+rm -rf /etc/caddy/flux-hook
+'
