@@ -35,6 +35,12 @@ SECRET = "registry-credentials"
 IMAGE = "e2e/flux-app"
 IMAGE_REPOSITORY = "e2e-flux-app"
 PEBBLE_CLOSED_PORT = 5443
+RECEIVER = f"{SECRET}-push"
+HOOK_DIR = "/etc/caddy/flux-hook"
+HOOK_PORT = 9393
+# Where the test host's notification-controller serves Receivers (its unit: --receiverAddr); a k3s server reaches
+# the webhook-receiver Service's ClusterIP instead (the program's default).
+RECEIVER_ADDRESS = "127.0.0.1:9292"
 K8S_TYPES = ("kubernetes:core/v1:Secret", "kubernetes:image.toolkit.fluxcd.io/v1:ImageRepository")
 
 
@@ -77,6 +83,28 @@ class Stack(EngineStack):
             if time.monotonic() > deadline:
                 raise AssertionError(f"tag {tag} not scanned in {timeout:.0f}s: {json.dumps(repo.get('status'))}")
 
+    def requested_at(self) -> str:
+        annotations = self.image_repository()["metadata"].get("annotations") or {}
+        return str(annotations.get("reconcile.fluxcd.io/requestedAt", ""))
+
+    def wait_listed(self, tag: str, timeout: float) -> float:
+        """Seconds until the tag is in status.lastScanResult, without asking for a scan."""
+        t0 = time.monotonic()
+        while tag not in ((self.image_repository().get("status") or {}).get("lastScanResult") or {}).get("latestTags", []):
+            if time.monotonic() - t0 > timeout:
+                logs = self.host.exec(
+                    "docker logs --tail 15 registry 2>&1 | grep -iv 'GET /v2' | cut -c1-400; "
+                    "journalctl -u notification-controller -n 15 -o cat --no-pager | cut -c1-400", check=False
+                ).stdout
+                raise AssertionError(
+                    f"tag {tag} not listed in {timeout:.0f}s: {self.image_repository().get('status')}\n{logs}"
+                )
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def hook_path(self) -> str:
+        return self.host.exec(f"cat {HOOK_DIR}/path").stdout.strip()
+
     def k8s_ops(self, run: Any) -> dict[str, str]:
         """The engine's step for each Kubernetes resource of a run."""
         kinds = {n: e["type"] for n, e in self.stack.resources().items()}
@@ -97,7 +125,7 @@ def kube(testhost: TestHost) -> TestHost:
 def flux_config(host: TestHost, **overrides: str) -> dict[str, Any]:
     return stack_config(
         host, flux="true", kubeconfig=host.kubeconfig(), fluxImages=[IMAGE], fluxInterval="1m",
-        fluxCaCert=host.pebble_root(), credentialRotation="1", **overrides,
+        fluxCaCert=host.pebble_root(), credentialRotation="1", fluxReceiverAddress=RECEIVER_ADDRESS, **overrides,
     )  # fmt: skip
 
 
@@ -153,6 +181,21 @@ def test_up_creates_the_pull_secret_the_ca_secret_and_the_image_repository(stack
     assert spec["interval"] == "1m"
     assert spec["secretRef"] == {"name": SECRET}
     assert spec["certSecretRef"] == {"name": f"{SECRET}-ca"}
+    receiver = stack.get("receivers.notification.toolkit.fluxcd.io", RECEIVER)
+    assert receiver["spec"]["type"] == "generic"
+    assert receiver["spec"]["resources"] == [
+        {"apiVersion": "image.toolkit.fluxcd.io/v1", "kind": "ImageRepository", "name": IMAGE_REPOSITORY}
+    ]
+    deadline = time.monotonic() + 60
+    while not (stack.get("receivers.notification.toolkit.fluxcd.io", RECEIVER).get("status") or {}).get("webhookPath"):
+        assert time.monotonic() < deadline, "the Receiver never got a webhook path"
+        time.sleep(1)
+    # The relay's file holds the very path the controller serves; Caddy alone can read it.
+    status = stack.get("receivers.notification.toolkit.fluxcd.io", RECEIVER)["status"]
+    assert stack.hook_path() == status["webhookPath"]
+    assert stack.host.exec(f"stat -c '%a %U %G' {HOOK_DIR}/path").stdout.split() == ["640", "root", "caddy"]
+    listeners = stack.clients.sh(f"ss -Hltn 'sport = :{HOOK_PORT}' | awk '{{print $4}}'").stdout.split()
+    assert listeners == [f"127.0.0.1:{HOOK_PORT}"], listeners
 
 
 def test_a_tag_pushed_with_the_push_credential_is_scanned_with_the_pull_credential(stack: Stack) -> None:
@@ -199,6 +242,58 @@ def test_a_rotation_updates_the_secret_in_place_and_scans_keep_succeeding(stack:
     assert not failed, f"Ready turned False during the rotation: {failed}"
 
 
+def test_a_push_reaches_the_image_repository_through_the_receiver_within_seconds(stack: Stack) -> None:
+    """After the rotation's `up` (a new token, so a new path): no manual reconcile, well before the 1m interval."""
+    path = stack.hook_path()
+    status = stack.get("receivers.notification.toolkit.fluxcd.io", RECEIVER)["status"]
+    assert path == status["webhookPath"]
+    before = stack.requested_at()
+    latencies = []
+    for tag in ("hook-1", "hook-2", "hook-3"):
+        stack.push(tag)
+        latencies.append(stack.wait_listed(tag, timeout=20))
+    print(f"\npush -> ImageRepository status through the Receiver: {', '.join(f'{s:.1f}s' for s in latencies)}")
+    assert max(latencies) < 15, latencies
+    # The Receiver asked for each scan: its requestedAt annotation (not a test's, which is an integer) was handled.
+    asked = stack.requested_at()
+    assert asked != before and not asked.isdigit(), asked
+    assert (stack.image_repository().get("status") or {}).get("lastHandledReconcileAt") == asked
+
+
+def test_with_the_receiver_down_a_push_succeeds_and_the_tag_arrives_at_the_next_interval(stack: Stack) -> None:
+    stack.host.exec("systemctl stop notification-controller")
+    try:
+        asked = stack.requested_at()
+        t0 = time.monotonic()
+        stack.push("receiver-down")  # fails the test if the push fails
+        pushed = time.monotonic() - t0
+        seconds = stack.wait_listed("receiver-down", timeout=100)
+        assert stack.requested_at() == asked  # nobody asked: the interval scan found it
+        print(f"\nreceiver down: push {pushed:.1f}s, tag listed {seconds:.0f}s later (interval 1m)")
+        assert pushed < 30
+    finally:
+        stack.host.exec("systemctl start notification-controller")
+
+
+def test_the_token_and_hook_path_stay_out_of_logs_state_and_output(stack: Stack) -> None:
+    path = stack.hook_path()
+    token = json.loads(stack.kubectl(f"-n {NS} get secret {RECEIVER}-token -o json"))["data"]["token"]
+    token = base64.b64decode(token).decode()
+    digest = path.rsplit("/", 1)[1]
+    leaks = {
+        "registry log": stack.host.exec("docker logs registry 2>&1").stdout,
+        "caddy journal": stack.host.exec("journalctl -u caddy -o cat --no-pager").stdout,
+        "CLI output": "\n".join(r.text for r in stack.history),
+        "state": json.dumps(stack.stack.export()),
+        "caddy config": stack.host.exec("curl -s localhost:2019/config/", check=False).stdout,
+        "process table": stack.host.exec("ps -eo args").stdout,
+    }
+    for where, text in leaks.items():
+        assert token not in text and digest not in text, f"the hook token or path shows in the {where}"
+    # The registry's own log names the relay's URL, nothing more.
+    assert f"127.0.0.1:{HOOK_PORT}" in leaks["registry log"] or "flux-receiver" in leaks["registry log"]
+
+
 def test_a_second_up_and_a_preview_change_nothing_in_the_cluster(stack: Stack) -> None:
     run = stack.apply()
     assert run.ok, run.error
@@ -221,6 +316,7 @@ def test_destroy_removes_what_the_program_created_and_nothing_else(stack: Stack)
         assert run.ok, run.error
         gone = [
             ("secret", SECRET), ("secret", f"{SECRET}-ca"), ("imagerepositories.image.toolkit.fluxcd.io", IMAGE_REPOSITORY),
+            ("receivers.notification.toolkit.fluxcd.io", RECEIVER), ("secret", f"{RECEIVER}-token"),
         ]  # fmt: skip
         for kind, name in gone:
             assert "NotFound" in stack.host.exec(f"k3s kubectl -n {NS} get {kind} {name}", check=False).stderr, name
@@ -228,6 +324,7 @@ def test_destroy_removes_what_the_program_created_and_nothing_else(stack: Stack)
         assert stack.get("imagerepositories.image.toolkit.fluxcd.io", "regtest-not-ours")["spec"]["interval"] == "10m"
         assert json.loads(k(f"get namespace {NS} -o json"))["status"]["phase"] == "Active"
         assert "imagerepositories.image.toolkit.fluxcd.io" in k("get crd -o name")
+        assert stack.host.exec(f"test -e {HOOK_DIR} || echo gone").stdout.strip() == "gone"
     finally:
         k(f"-n {NS} delete secret regtest-not-ours --ignore-not-found")
         k(f"-n {NS} delete imagerepositories.image.toolkit.fluxcd.io regtest-not-ours --ignore-not-found")
