@@ -69,6 +69,10 @@ def test_rotation_changes_exactly_the_credential_consumers(first: ProgramRun, ro
         "credentials-push": ["keepers"],
         "credentials-pull": ["keepers"],
         "credentials-generations": ["current"],
+        # push-to-deploy: a new Receiver token, so a new webhook path in the relay's file
+        "flux-receiver-token": ["keepers"],
+        "flux-receiver-secret": ["stringData"],
+        "flux-hook-files": ["stdin"],
         "k3s-trust-file": ["stdin"],
         "k3s-trust-restart": ["triggers"],
         "caddy-site-handover": ["stdin", "triggers"],
@@ -130,7 +134,7 @@ def test_rotation_handover_site_accepts_both_generations(first: ProgramRun, rota
 
 def test_rotation_final_site_refuses_the_previous_generation(first: ProgramRun, rotated: ProgramRun) -> None:
     site = _stdin(rotated, "caddy-site-file")
-    assert "handle_errors" not in site
+    assert "handle_errors 401" not in site  # the handover's block (the push-to-deploy relay has handle_errors too)
     for name in ("credentials-push", "credentials-pull"):
         assert _hash(first, name) not in site and _hash(rotated, name) in site
 
@@ -153,7 +157,7 @@ def test_a_later_change_does_not_hand_over_again(rotated: ProgramRun, after_rota
     assert "caddy validate" in reveal(handover.inputs["update"])
     settled = _handover_parts(after_rotation)[1]
     assert settled == _stdin(after_rotation, "caddy-site-file")
-    assert "handle_errors" not in settled and "198.51.100.0/24" in settled
+    assert "handle_errors 401" not in settled and "198.51.100.0/24" in settled
 
 
 def test_a_rerun_after_the_rotation_keeps_the_previous_generation(programs: Programs, rotated: ProgramRun) -> None:
@@ -168,7 +172,7 @@ def graced(programs: Programs, first: ProgramRun) -> ProgramRun:
 
 def test_grace_period_sends_both_sites_and_the_deadline(first: ProgramRun, graced: ProgramRun) -> None:
     now_site, _, later_site = _stdin(graced, "caddy-site-file").partition(GRACE_SEPARATOR + "\n")
-    assert later_site and "handle_errors 401" in now_site and "handle_errors" not in later_site
+    assert later_site and "handle_errors 401" in now_site and "handle_errors 401" not in later_site
     assert _hash(first, "credentials-push") in now_site and _hash(first, "credentials-push") not in later_site
     generations = reveal(graced.state[f"{DYNAMIC}::credentials-generations"]["outputs"])
     assert generations["rotated_at"] > 0
