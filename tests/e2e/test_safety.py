@@ -254,3 +254,21 @@ def test_off_server_backup_restores_on_a_wiped_server_with_the_same_digests(
     finally:
         for s in (first, second):
             s.cleanup()
+
+
+def test_flux_with_the_ambient_context_fails_naming_it_before_any_connection(
+    testhost: TestHost, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\ncurrent-context: someone-elses-cluster\n")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))  # what kubectl on the machine running `pulumi up` would use
+    stack = eng_mod.Stack(engine, "ambient-flux", eng_mod.make_project(tmp_path / "project"), stack_config(testhost, flux="true"))
+    clients = Clients(testhost)
+    since = clients.now()
+    run = stack.up()
+    assert not run.ok
+    assert "registry:kubeconfig is not set while flux = true, and neither is kubeContext" in run.error
+    assert "the ambient kubeconfig's current context 'someone-elses-cluster' would be used" in run.error
+    assert "`pulumi config set kubeContext someone-elses-cluster --stack ambient-flux`" in run.error
+    assert "Accepted" not in clients.journal("ssh", since)
+    assert [r for r in stack.resources() if not r.startswith("registry-")] == []
