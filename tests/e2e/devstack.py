@@ -49,7 +49,12 @@ def prepare(host_name: str, stack: str = STACK, flux: bool = False) -> engine.St
     s.configure(host.engine_settings())
     if flux:
         # The API through the host's published port, and Pebble's roots (new at every host boot) for the controller.
-        s.configure({"flux": "true", "kubeconfig": host.kubeconfig(), "fluxCaCert": host.pebble_root()})
+        s.configure({
+            "flux": "true", "kubeconfig": host.kubeconfig(), "fluxCaCert": host.pebble_root(),
+            # The host's notification-controller is a service on loopback, not a pod behind the webhook-receiver
+            # Service the program would otherwise look up.
+            "fluxReceiverAddress": testhost.FLUX_RECEIVER_ADDRESS,
+        })
     else:
         s.configure({"flux": "false"})
     config = s.stack.get_all_config()

@@ -25,7 +25,7 @@ import pytest
 from tests.e2e.clients import Clients, stack_config
 from tests.e2e.engine import Engine
 from tests.e2e.stacks import EngineStack
-from tests.e2e.testhost import TestHost, ensure_extras
+from tests.e2e.testhost import FLUX_RECEIVER_ADDRESS, TestHost, ensure_extras
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ HOOK_DIR = "/etc/caddy/flux-hook"
 HOOK_PORT = 9393
 # Where the test host's notification-controller serves Receivers (its unit: --receiverAddr); a k3s server reaches
 # the webhook-receiver Service's ClusterIP instead (the program's default).
-RECEIVER_ADDRESS = "127.0.0.1:9292"
+RECEIVER_ADDRESS = FLUX_RECEIVER_ADDRESS
 K8S_TYPES = ("kubernetes:core/v1:Secret", "kubernetes:image.toolkit.fluxcd.io/v1:ImageRepository")
 
 

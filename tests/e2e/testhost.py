@@ -86,6 +86,8 @@ KUBE_CRDS = "usr/local/share/regtest-kube/crds"
 KUBE_EXTRAS_DIR = IMAGE_DIR / "extras" / "kube"
 KUBE_EXTRAS_MARKER = "/var/lib/regtest-extras/kube"
 KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"
+FLUX_RECEIVER_ADDRESS = "127.0.0.1:9292"
+"""Where the host's notification-controller serves Receivers (its unit's --receiverAddr)."""
 API_PORT = 6443
 
 DEFAULT_NAME = "regtest-host"
