@@ -77,3 +77,11 @@ def test_the_published_api_port_answers_the_programs_cluster_check_from_this_mac
     ]
     with pytest.raises(ConfigError, match=r"registry:kubeconfig .*CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         check_cluster("\n".join(lines), timeout=5)
+
+
+def test_ensuring_the_extras_again_restarts_nothing(kube: TestHost) -> None:
+    units = "kine kube-apiserver image-reflector-controller notification-controller"
+    started = f"systemctl show -p ActiveEnterTimestampMonotonic --value {units}"
+    before = kube.exec(started).stdout.split()
+    ensure_extras(kube, flux=True)
+    assert kube.exec(started).stdout.split() == before

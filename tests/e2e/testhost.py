@@ -1015,8 +1015,8 @@ def _install_kube(host: TestHost, images: Sequence[str]) -> None:
     """Unpack the kube parts' usr/local and image/extras/kube/rootfs at / of the host and run install.sh, unless the
     host has them already and its API answers."""
     digest = _tree_digest(KUBE_EXTRAS_DIR, *images)
-    installed = host.exec(f"cat {KUBE_EXTRAS_MARKER} && k3s kubectl get --raw /readyz", check=False).stdout.split()
-    if installed[:1] == [digest]:
+    installed = host.exec(f"cat {KUBE_EXTRAS_MARKER} && echo && k3s kubectl get --raw /readyz", check=False).stdout
+    if installed.split() == [digest, "ok"]:
         return
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="regtest-kube-") as tmp:
