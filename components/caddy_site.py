@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_command as command
 
-from components.host import Host, public_digest
+from components.host import Host, public_digest, sha256
+from providers.host_state import HostState
 from renderers import caddy_site as steps
 from renderers.caddyfile import SiteSpec, render_caddyfile
 
@@ -96,6 +97,13 @@ class CaddySite(pulumi.ComponentResource):
             )
             + self._render(v[0], v[1], "", "")
         )
+        # What refresh reads back: the site file (any site the steps may leave there) and the import line. Another
+        # site in the main Caddyfile is not the program's: only its own line there is.
+        digests = site_digests(handover_site, self._settled_site)
+        self.state = args.host.observe(f"{name}-state", {
+            "files": {args.site_file: {"sha256": digests, "mode": "0640", "owner": "root"}},
+            "lines": {args.caddyfile: [f"import {args.site_file}"]},
+        }, parent=self)
         self.handover = args.host.run(
             f"{name}-handover",
             # A rotation (new hashes: the trigger) replaces this step: the site accepting both generations.
@@ -105,6 +113,8 @@ class CaddySite(pulumi.ComponentResource):
             update=self._deadline.apply(
                 lambda d: steps.caddy_site_handover_settle(args.caddyfile, args.site_file, args.domain, args.upstream, d)
             ),
+            # Drift repair: the settled site goes live again here, before any client's step (the usual order).
+            repairs=self.state.repairs,
             stdin=pulumi.Output.secret(
                 pulumi.Output.all(handover_site, self._settled_site).apply(lambda v: steps.handover_stdin(v[0], v[1]))
             ),
@@ -113,6 +123,9 @@ class CaddySite(pulumi.ComponentResource):
         )
         # The site file and import line belong to `{name}-file` (it removes them); this step never deletes.
         self.content_sha256 = pulumi.Output.from_input("")
+
+    state: HostState
+    """Reads the site file and the import line back on refresh."""
 
     def _render(self, push_hash: str, pull_hash: str, previous_push: str, previous_pull: str) -> str:
         args = self._args
@@ -153,3 +166,12 @@ class CaddySite(pulumi.ComponentResource):
         )
         self.content_sha256 = public_digest(install.stdin)
         self.register_outputs({"content_sha256": self.content_sha256})
+
+
+def site_digests(handover: pulumi.Input[str], settled: pulumi.Input[str]) -> pulumi.Output[list[str]]:
+    """sha256 of each site the steps may leave in the file: the handover site (both generations: a rotation whose
+    `up` stopped after its first step; the next `up` finishes it), then the settled site, or with a grace period the
+    site accepting both generations until the deadline and the one without the previous after it (last)."""
+    return pulumi.Output.unsecret(pulumi.Output.all(handover, settled).apply(
+        lambda v: [sha256(v[0].rstrip("\n") + "\n"), *(sha256(part) for part in v[1].split(steps.GRACE_SEPARATOR + "\n"))]
+    ))

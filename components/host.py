@@ -14,6 +14,7 @@ import pulumi
 import pulumi.dynamic
 import pulumi_command as command
 
+from providers.host_state import HostState
 from renderers.data_dir import data_dir
 from renderers.preflight import preflight, takeover_notice
 from renderers.shell import as_root
@@ -102,15 +103,22 @@ class Remote:
         delete: pulumi.Input[str] | None = None,
         stdin: pulumi.Input[str] | None = None,
         triggers: pulumi.Input[list[Any]] | None = None,
+        repairs: pulumi.Input[int] | None = None,
         parent: pulumi.Resource | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> command.remote.Command:
-        """A root command on this machine. With stdin (always a secret) it logs nothing and its output is secret."""
+        """A root command on this machine. With stdin (always a secret) it logs nothing and its output is secret.
 
-        def root(script: pulumi.Input[str] | None) -> pulumi.Input[str] | None:
+        `repairs` (an observer's count of drifted refreshes) heads the create and update scripts once it is above 0, so
+        the command runs again (in the program's order) when its observer found drift; 0 leaves the scripts as they
+        were before observers existed."""
+
+        def root(script: pulumi.Input[str] | None, repairs: pulumi.Input[int] | None = None) -> pulumi.Input[str] | None:
             if script is None:
                 return None
-            return pulumi.Output.from_input(script).apply(lambda s: as_root(s, self.privileged_prefix))
+            return pulumi.Output.all(script, repairs).apply(
+                lambda v: as_root(with_repairs(v[0], v[1]), self.privileged_prefix)
+            )
 
         secret = stdin is not None
         secret_stdin = pulumi.Output.secret(stdin) if stdin is not None else None
@@ -122,8 +130,8 @@ class Remote:
         return command.remote.Command(
             name,
             connection=self.connection,
-            create=root(create),
-            update=root(update),
+            create=root(create, repairs),
+            update=root(update, repairs),
             delete=root(delete),
             stdin=secret_stdin,
             triggers=triggers,
@@ -137,6 +145,8 @@ class Host(pulumi.ComponentResource):
     """Owns the SSH connection, the preflight check and the data directory on the server."""
 
     connection: command.remote.ConnectionArgs
+    address: dict[str, Any]
+    """Where the observers' probes log in (the key comes from the stack config, never from their state)."""
     privileged_prefix: str
     data_dir: pulumi.Output[str]
     preflight: pulumi.Output[str]
@@ -149,6 +159,7 @@ class Host(pulumi.ComponentResource):
         )
         self.privileged_prefix = self.remote.privileged_prefix
         self.connection = self.remote.connection
+        self.address = {"address": args.address, "port": args.port, "user": args.user, "host_key": args.host_key or ""}
         check = self.run(
             f"{name}-preflight",
             create=preflight(
@@ -185,13 +196,26 @@ class Host(pulumi.ComponentResource):
         delete: pulumi.Input[str] | None = None,
         stdin: pulumi.Input[str] | None = None,
         triggers: pulumi.Input[list[Any]] | None = None,
+        repairs: pulumi.Input[int] | None = None,
         parent: pulumi.Resource | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> command.remote.Command:
-        """A root command on this host. With stdin (always a secret) it logs nothing and its output is secret."""
+        """A root command on this host. With stdin (always a secret) it logs nothing and its output is secret;
+        `repairs` as in `Remote.run`."""
         return self.remote.run(
-            name, create=create, update=update, delete=delete, stdin=stdin, triggers=triggers, parent=parent, opts=opts
+            name, create=create, update=update, delete=delete, stdin=stdin, triggers=triggers, repairs=repairs,
+            parent=parent, opts=opts,
         )
+
+    def observe(self, name: str, expect: pulumi.Input[dict[str, Any]], parent: pulumi.Resource) -> HostState:
+        """An observer of what `parent` owns on this host: `pulumi refresh` reads it back (one SSH session) and records
+        what differs from `expect` as drift; feed its `repairs` to the commands that would put it back."""
+        return HostState(name, self.address, expect, pulumi.ResourceOptions(parent=parent))
+
+
+def with_repairs(script: str, repairs: int | None) -> str:
+    """`script`, headed by `# drift repair N` when an observer found drift N times: a changed script runs again."""
+    return f"# drift repair {int(repairs)}\n{script}" if repairs else script
 
 
 def public_digest(text: pulumi.Input[str | None]) -> pulumi.Output[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,8 +10,9 @@ import pulumi
 import pulumi_command as command
 
 from components.host import Host, Remote, public_digest
+from providers.host_state import HostState
 from renderers import k3s_trust as steps
-from renderers.registries_yaml import render_registries_owned
+from renderers.registries_yaml import registries_entries, render_registries_owned
 
 TYPE = "registry:index:K3sTrust"
 
@@ -59,8 +61,10 @@ def trust_steps(
     ca_file: str | None,
     after: Sequence[pulumi.Resource],
     restart_after: Sequence[pulumi.Resource] = (),
+    repairs: pulumi.Input[int] | None = None,
 ) -> TrustSteps:
-    """`{name}-file` and `{name}-restart` (after `restart_after`: the previous node is back) on one node."""
+    """`{name}-file` and `{name}-restart` (after `restart_after`: the previous node is back) on one node; both run
+    again when `repairs` (the node's observer's count of drifted refreshes) rises."""
     content = pulumi.Output.from_input(password).apply(
         lambda pw: render_registries_owned(registry, username, pw, ca_file)
     )
@@ -70,6 +74,7 @@ def trust_steps(
         create=steps.trust_file_write(path),
         delete=steps.trust_file_remove(path, registry),
         stdin=content,
+        repairs=repairs,
         parent=parent,
         opts=pulumi.ResourceOptions(depends_on=list(after)),
     )
@@ -80,6 +85,8 @@ def trust_steps(
         f"{name}-restart",
         create=steps.k3s_restart(service),
         triggers=[content_sha256, service],
+        # A repaired file leaves a restart pending; this step runs again to do it.
+        repairs=repairs,
         parent=parent,
         opts=pulumi.ResourceOptions(depends_on=[written, *after, *restart_after]),
     )
@@ -107,13 +114,26 @@ class K3sTrust(pulumi.ComponentResource):
     content_sha256: pulumi.Output[str]
     back: pulumi.Resource | None
     """The step after which this node is back and pulling (rolling), else None."""
+    state: HostState
+    """Reads the file's mode and owner and the program's entry (its digest) back on refresh."""
 
     def __init__(self, name: str, args: K3sTrustArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
         remote = args.host.remote
+        # What refresh reads back: the program's entry (a digest: it holds the password) and the file's mode and owner.
+        # Every other entry is someone else's: changing it is no drift.
+        entry = pulumi.Output.from_input(args.password).apply(
+            lambda pw: json.dumps(
+                registries_entries(args.registry, args.username, pw, args.ca_file)["configs"][args.registry], sort_keys=True
+            )
+        )
+        self.state = args.host.observe(f"{name}-state", {
+            "files": {args.path: {"mode": "0600", "owner": "root"}},
+            "registries": {"path": args.path, "entry": args.registry, "sha256": public_digest(entry)},
+        }, parent=self)
         done = trust_steps(
             remote, name, self, registry=args.registry, username=args.username, password=args.password,
-            path=args.path, service=args.service, ca_file=args.ca_file, after=args.after,
+            path=args.path, service=args.service, ca_file=args.ca_file, after=args.after, repairs=self.state.repairs,
         )
         self.content_sha256 = done.content_sha256
         self.back = (

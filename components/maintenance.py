@@ -6,18 +6,21 @@ from dataclasses import dataclass, field
 
 import pulumi
 
-from components.host import Host
+from components.host import Host, sha256
+from providers.host_state import HostState
 from renderers.maintenance_install import (
     backup_s3_config,
     backup_s3_remove,
     backup_s3_target,
     backup_s3_write,
+    maintenance_files,
     maintenance_install,
     maintenance_remove,
 )
 from renderers.maintenance_script import MAINTENANCE_SCRIPT, MaintenanceSpec
 from renderers.registry_env import StorageSpec
 from renderers.retention_config import RetentionSpec
+from renderers.systemd_units import BACKUP_UNIT, GC_UNIT, RECOVER_UNIT
 
 TYPE = "registry:index:Maintenance"
 
@@ -86,36 +89,50 @@ class Maintenance(pulumi.ComponentResource):
     """
 
     script: pulumi.Output[str]
+    state: HostState
+    """Reads the installed files and the units back on refresh."""
 
     def __init__(self, name: str, args: MaintenanceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
-        install_script = pulumi.Output.all(args.host.data_dir, args.upstream).apply(
-            lambda v: maintenance_install(
-                MaintenanceSpec(
-                    container=args.container,
-                    image=args.image,
-                    port=args.port,
-                    data_dir=v[0],
-                    env_file=args.env_file,
-                    backup_dir=args.backup_dir,
-                    backup_keep=args.backup_keep,
-                    backup_min_free_percent=args.backup_min_free_percent,
-                    backup_s3=backup_s3_target(args.backup_s3.endpoint, args.backup_s3.bucket, args.backup_s3.prefix)
-                    if args.backup_s3 else "",
-                    gc_delete_untagged=args.gc_delete_untagged,
-                    retention=args.retention,
-                    distribution=args.distribution,
-                    storage=args.storage,
-                    replicas=args.replicas,
-                ),
-                args.gc_schedule,
-                args.backup_schedule,
+        spec = pulumi.Output.all(args.host.data_dir, args.upstream).apply(
+            lambda v: MaintenanceSpec(
+                container=args.container,
+                image=args.image,
+                port=args.port,
+                data_dir=v[0],
+                env_file=args.env_file,
+                backup_dir=args.backup_dir,
+                backup_keep=args.backup_keep,
+                backup_min_free_percent=args.backup_min_free_percent,
+                backup_s3=backup_s3_target(args.backup_s3.endpoint, args.backup_s3.bucket, args.backup_s3.prefix)
+                if args.backup_s3 else "",
+                gc_delete_untagged=args.gc_delete_untagged,
+                retention=args.retention,
+                distribution=args.distribution,
+                storage=args.storage,
+                replicas=args.replicas,
             )
         )
+        install_script = spec.apply(lambda sp: maintenance_install(sp, args.gc_schedule, args.backup_schedule))
+        # What refresh reads back: every file the install writes, the timers enabled and waiting, the recovery unit
+        # enabled.
+        backup_schedule = "" if args.storage.s3 else args.backup_schedule
+        units: dict[str, dict[str, str]] = {f"{RECOVER_UNIT}.service": {"enabled": "enabled"}}
+        for unit, schedule in ((GC_UNIT, args.gc_schedule), (BACKUP_UNIT, backup_schedule)):
+            if schedule:
+                units[f"{unit}.timer"] = {"enabled": "enabled", "active": "active"}
+        self.state = args.host.observe(f"{name}-state", {
+            "files": spec.apply(lambda sp: {
+                f.path: {"sha256": [sha256(f.content.rstrip("\n") + "\n")], "mode": f.mode, "owner": "root"}
+                for f in maintenance_files(sp, args.gc_schedule, backup_schedule)
+            }),
+            "units": units,
+        }, parent=self)
         install = args.host.run(
             f"{name}-install",
             create=install_script,
             delete=maintenance_remove(args.backup_dir),
+            repairs=self.state.repairs,
             parent=self,
         )
         if args.backup_s3 is not None:

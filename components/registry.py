@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.host import Host
+from components.host import Host, public_digest
+from providers.host_state import HostState
 from renderers import registry_container as steps
 from renderers.registry_env import StorageSpec, render_registry_env
 
@@ -53,6 +54,8 @@ class RegistryContainer(pulumi.ComponentResource):
     directory belongs to the host and a bucket to its store: both outlive it."""
 
     upstream: pulumi.Output[str]
+    state: HostState
+    """Reads the containers and the env file back on refresh."""
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(TYPE, name, None, opts)
@@ -74,6 +77,15 @@ class RegistryContainer(pulumi.ComponentResource):
                 s3_secret_key=str(v[2] or ""), notify_url=args.notify_url,
             )
         )
+        # What refresh reads back: every replica present, running the image with host networking, and the env file
+        # (its digest only: it holds the HTTP secret).
+        self.state = args.host.observe(f"{name}-state", {
+            "files": {ENV_FILE: {"sha256": public_digest(env_file).apply(lambda d: [d]), "mode": "0600", "owner": "root"}},
+            "containers": {
+                replica: {"running": True, "image": args.image, "network": "host", "restart": "unless-stopped"}
+                for replica in steps.replica_names(CONTAINER, args.replicas)
+            },
+        }, parent=self)
         if args.replicas == 1:
             # A new image or setting replaces the container; removing the old one first frees its name and port.
             container = args.host.run(
@@ -82,6 +94,7 @@ class RegistryContainer(pulumi.ComponentResource):
                 delete=steps.registry_remove(CONTAINER),
                 stdin=pulumi.Output.secret(env_file),
                 triggers=[args.image, args.port],
+                repairs=self.state.repairs,
                 parent=self,
                 opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
             )
@@ -96,6 +109,7 @@ class RegistryContainer(pulumi.ComponentResource):
                 delete=steps.registry_remove_replicas(CONTAINER, args.port),
                 stdin=pulumi.Output.secret(env_file),
                 triggers=[args.port],
+                repairs=self.state.repairs,
                 parent=self,
                 opts=pulumi.ResourceOptions(delete_before_replace=True, depends_on=list(args.after)),
             )

@@ -183,16 +183,17 @@ def _dynamic_outputs(inputs: dict[str, Any], previous: dict[str, Any] | None, pr
     if contains_unknown(inputs):
         return previous["outputs"] if previous is not None else dict(inputs)
     provider = dill.loads(base64.b64decode(reveal(inputs["__provider"])))  # noqa: S301 - this run's own provider
-    news = reveal(inputs)
+    # Check first, with the previous inputs, as the engine does (it may add inputs the program did not set).
+    news = provider.check(reveal(previous["inputs"]) if previous is not None else {}, reveal(inputs)).inputs
     if previous is not None:
         olds = reveal(previous["outputs"])
         if not provider.diff("id", olds, news).changes:
             return previous["outputs"]
         if preview:
-            return dict(inputs)
+            return {**inputs, **{k: v for k, v in news.items() if k not in inputs}}
         return {**provider.update("id", olds, news).outs, "__provider": inputs["__provider"]}
     if preview:
-        return dict(inputs)
+        return {**inputs, **{k: v for k, v in news.items() if k not in inputs}}
     return {**provider.create(news).outs, "__provider": inputs["__provider"]}
 
 

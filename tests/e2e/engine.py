@@ -29,7 +29,7 @@ TOOLCHAIN = ROOT / "scripts" / "toolchain.sh"
 SECRET_KEYS = frozenset({"sshPrivateKey", "existingPushPassword", "kubeconfig", "s3AccessKey", "s3SecretKey"})
 # What a project folder needs from the repository: the program, its packages, the files it ships to the host and the
 # dependency list.
-PROGRAM_FILES = ("__main__.py", "components", "renderers", "settings", "host", "requirements.txt")
+PROGRAM_FILES = ("__main__.py", "components", "providers", "renderers", "settings", "host", "requirements.txt")
 
 
 class EngineError(RuntimeError):
@@ -140,6 +140,21 @@ def make_project(dest: Path, venv: Path | None = None, source: Path = ROOT) -> P
             link.unlink()
         if not link.exists() and not link.is_symlink() and (source / name).exists():
             link.symlink_to(source / name)
+    return dest
+
+
+def previous_version(dest: Path) -> Path:
+    """This program as it was before `pulumi refresh` could see the host (the parent of the commit that added the
+    observers, providers/host_state.py), unpacked from git into `dest`."""
+    added = subprocess.run(
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", "providers/host_state.py"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    if not added:
+        raise EngineError("providers/host_state.py is not committed yet: no previous version to compare with")
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", f"{added[-1]}^"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
 

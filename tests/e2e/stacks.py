@@ -27,9 +27,10 @@ class EngineStack:
 
     @classmethod
     def open(
-        cls, eng: engine.Engine, name: str, host: TestHost, folder: Path, config: dict[str, Any], **extra: Any
+        cls, eng: engine.Engine, name: str, host: TestHost, folder: Path, config: dict[str, Any],
+        source: Path | None = None, **extra: Any,
     ) -> Any:
-        s = engine.Stack(eng, name, engine.make_project(folder), config)
+        s = engine.Stack(eng, name, engine.make_project(folder, source=source or engine.ROOT), config)
         return cls(host, Clients(host), s, dict(config), **extra)
 
     def apply(self, hook: Hook | None = None, **changes: Any) -> Run:
@@ -45,6 +46,23 @@ class EngineStack:
         if changes:
             self.config.update(changes)
             self.stack.configure(changes)
+
+    def drift_gate(self) -> Run:
+        """CI's drift gate, as the README gives it: `pulumi refresh --preview-only --expect-no-changes`; it fails when
+        anything the program owns on the host differs from what the last `up` left."""
+        proc = self.stack.engine.cli(
+            ["refresh", "--preview-only", "--expect-no-changes", "--diff", "--stack", self.stack.name],
+            cwd=self.stack.project_dir, check=False,
+        )
+        run = Run("drift-gate", ok=proc.returncode == 0, printed=(proc.stdout + proc.stderr).splitlines())
+        run.error = "" if run.ok else proc.stderr.strip()
+        return run
+
+    def up_refresh(self) -> Run:
+        """`pulumi up --refresh`: read the host, then put back whatever drifted."""
+        run = self.stack.up(refresh=True)
+        self.history.append(run)
+        return run
 
     def preview(self, **kwargs: Any) -> Run:
         return self.stack.preview(**kwargs)

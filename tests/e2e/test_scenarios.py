@@ -28,6 +28,8 @@ SITE_FILE = "/etc/caddy/registry.caddy"
 REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
 ENV_FILE = "/etc/registry/registry.env"
 PEBBLE_CLOSED_PORT = 5443
+OBSERVERS = ("caddy-site-state", "registry-state", "k3s-trust-state", "maintenance-state")
+"""The resources `pulumi refresh` reads the host for (providers/host_state.py), one SSH session each."""
 CORE_COMMANDS = (
     "host-preflight",
     "host-data-dir",
@@ -212,7 +214,8 @@ def test_right_after_an_up_preview_expects_no_changes_and_refresh_changes_nothin
     assert set(refresh.changes) <= {"same"}, refresh.changes
     again = stack.preview(expect_no_changes=True)
     assert again.ok, again.error  # the refresh left the state as it was
-    assert stack.clients.ssh_logins(since) == 0  # neither runs anything on the host
+    # The previews open no SSH session; the refresh opens one per observer (it reads the host back) and runs nothing.
+    assert stack.clients.ssh_logins(since) == len(OBSERVERS)
     stack.history += [preview, refresh, again]  # their output is checked for secrets below
 
 

@@ -41,9 +41,9 @@ COMPONENTS = {
         "registry:index:Credentials",
         ["credentials-push", "credentials-pull", "credentials-http-secret", "credentials-generations"],
     ),
-    "registry": ("registry:index:RegistryContainer", ["registry-container"]),
-    "caddy-site": ("registry:index:CaddySite", ["caddy-site-handover", "caddy-site-file"]),
-    "k3s-trust": ("registry:index:K3sTrust", ["k3s-trust-file", "k3s-trust-restart"]),
+    "registry": ("registry:index:RegistryContainer", ["registry-state", "registry-container"]),
+    "caddy-site": ("registry:index:CaddySite", ["caddy-site-state", "caddy-site-handover", "caddy-site-file"]),
+    "k3s-trust": ("registry:index:K3sTrust", ["k3s-trust-state", "k3s-trust-file", "k3s-trust-restart"]),
     "flux": (
         "registry:index:FluxSecret",
         ["flux-cluster", "flux-secret", "flux-ruby-demo-app", "flux-team-api", "flux-receiver", "flux-receiver-token",

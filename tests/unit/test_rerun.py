@@ -75,6 +75,9 @@ def test_rotation_changes_exactly_the_credential_consumers(first: ProgramRun, ro
         "flux-hook-files": ["stdin"],
         "k3s-trust-file": ["stdin"],
         "k3s-trust-restart": ["triggers"],
+        # The observers expect the new entry and site (digests); they run nothing on the host.
+        "k3s-trust-state": ["expect"],
+        "caddy-site-state": ["expect"],
         "caddy-site-handover": ["stdin", "triggers"],
         "caddy-site-file": ["stdin"],
         "flux-secret": ["stringData"],
@@ -90,6 +93,9 @@ def test_a_change_of_replicas_leaves_the_caddy_site_alone(first: ProgramRun, sca
         "registry-container": ["create", "delete", "triggers", "update"],
         "maintenance-install": ["create"],
         "verify-check": ["triggers"],
+        # The observers expect the second replica and the new maintenance script.
+        "registry-state": ["expect"],
+        "maintenance-state": ["expect"],
     }
 
 
