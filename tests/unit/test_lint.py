@@ -106,7 +106,7 @@ def test_the_shipped_shellcheck_settings_still_catch_a_real_mistake(tmp_path: Pa
 
 
 PROGRAM_PYTHON = sorted(
-    [ROOT / "__main__.py", *(p for d in ("components", "renderers", "settings", "host") for p in (ROOT / d).rglob("*.py"))]
+    [ROOT / "__main__.py", *(p for d in ("components", "providers", "renderers", "settings", "host") for p in (ROOT / d).rglob("*.py"))]
 )
 SHIPS_AS_ONE_FILE = {ROOT / "host/usr/local/lib/registry-maintenance/retention.py"}
 """Python the host runs as a single file (python3 -I FILE): splitting it would change what lands on the host."""
