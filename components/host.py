@@ -84,6 +84,8 @@ class Remote:
             dial_key = recorded.key
             if pulumi.runtime.is_dry_run():
                 recorded.fingerprint.apply(lambda fp: _show_key(parent, address, port, fp))
+        self.dial_key = dial_key
+        """The host key every connection checks (pinned, or recorded on first use); None when checks are off."""
         # Every command dials with this key (pulumi-command's fixed-key check): no secret goes to another host.
         self.connection = command.remote.ConnectionArgs(
             host=address,
@@ -159,7 +161,10 @@ class Host(pulumi.ComponentResource):
         )
         self.privileged_prefix = self.remote.privileged_prefix
         self.connection = self.remote.connection
-        self.address = {"address": args.address, "port": args.port, "user": args.user, "host_key": args.host_key or ""}
+        # The observers' probes check the same host key as every command (pinned or recorded on first use).
+        self.address = {
+            "address": args.address, "port": args.port, "user": args.user, "host_key": self.remote.dial_key or "",
+        }
         check = self.run(
             f"{name}-preflight",
             create=preflight(
