@@ -97,10 +97,13 @@ class Clients:
         return ref
 
     def push(
-        self, local_ref: str, repo_tag: str, authfile: str, check: bool = True
+        self, local_ref: str, repo_tag: str, authfile: str, check: bool = True, retries: int = 0
     ) -> subprocess.CompletedProcess[str]:
+        """skopeo copy to the registry. retries: skopeo's --retry-times, which retries network errors (a connection
+        closed under it) as `docker push` does, never an answer such as 401."""
+        retry = f"--retry-times {retries} " if retries else ""
         return self.sh(
-            f"skopeo copy --quiet --dest-cert-dir {CERT_DIR} --dest-authfile {q(authfile)} "
+            f"skopeo copy --quiet {retry}--dest-cert-dir {CERT_DIR} --dest-authfile {q(authfile)} "
             f"docker-daemon:{q(local_ref)} docker://{q(f'{self.domain}/{repo_tag}')}",
             check=check,
         )

@@ -13,10 +13,12 @@ import json
 import os
 import signal
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,19 @@ def make_project(dest: Path, venv: Path | None = None, source: Path = ROOT) -> P
     return dest
 
 
+def archive(commit: str, dest: Path) -> Path:
+    """The tree of `commit` (tracked files only) from `git archive`, unpacked into `dest`; the checkout itself is not
+    touched. Fails naming the commit when this clone lacks it (a shallow clone)."""
+    known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True, check=False)
+    if known.returncode != 0:
+        raise EngineError(f"commit {commit} is not in this clone (a shallow clone?): fetch main's history to run this")
+    tar = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=BytesIO(tar.stdout)) as tree:
+        tree.extractall(dest, filter="data")
+    return dest
+
+
 def previous_version(dest: Path) -> Path:
     """This program as it was before `pulumi refresh` could see the host (the parent of the commit that added the
     observers, providers/host_state.py), unpacked from git into `dest`."""
@@ -152,10 +167,7 @@ def previous_version(dest: Path) -> Path:
     ).stdout.split()
     if not added:
         raise EngineError("providers/host_state.py is not committed yet: no previous version to compare with")
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "archive", f"{added[-1]}^"], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
+    return archive(f"{added[-1]}^", dest)
 
 
 # --- runs ------------------------------------------------------------------------------------------------------------

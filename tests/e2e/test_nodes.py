@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import engine as eng_mod
 from tests.e2e.clients import REGISTRY_CA_FILE, Clients, stack_config
 from tests.e2e.cluster import Cluster, start_cluster
 from tests.e2e.engine import Engine, Run
@@ -32,8 +29,6 @@ pytestmark = pytest.mark.e2e
 
 REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
 SECOND_CA_FILE = "/etc/rancher/k3s/registry-ca-2.pem"
-BEFORE_NODES = "98fac3fde66a232f11febbe0d4d3bbb4dd7691b2"
-"""main right before the `nodes` setting landed: a stack it created must see no change from today's program."""
 IMAGE = "e2e/nodes:1"
 UNAUTHORIZED = re.compile(r"\b401\b|unauthorized", re.IGNORECASE)
 AGENT_STEPS = {"k3s-agent-1", "k3s-agent-1-preflight", "k3s-agent-1-file", "k3s-agent-1-restart", "k3s-agent-1-back",
@@ -274,43 +269,6 @@ def test_destroy_removes_the_entry_from_every_node(stack: Stack) -> None:
     for node in stack.nodes():
         text = node.clients.sh(f"cat {REGISTRIES_YAML} 2>/dev/null || true").stdout
         assert stack.host.domain not in text, node.name
-
-
-def test_a_single_node_stack_made_before_nodes_existed_previews_no_change(
-    testhost: TestHost, engine: Engine, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """The upgrade: `pulumi up` with the program as it was before the setting, then `pulumi preview
-    --expect-no-changes` with today's program on the same state (the host's trust file and k3s untouched)."""
-    folder = tmp_path_factory.mktemp("nodes-upgrade")
-    archive = subprocess.run(
-        ["git", "-C", str(eng_mod.ROOT), "archive", BEFORE_NODES, "--", *eng_mod.PROGRAM_FILES, "Pulumi.yaml"],
-        capture_output=True, check=False,
-    )  # fmt: skip
-    if archive.returncode != 0:
-        pytest.fail(f"git archive {BEFORE_NODES}: {archive.stderr.decode()} (a clone with main's history is needed)")
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
-    text = (folder / "Pulumi.yaml").read_text()
-    (folder / "Pulumi.yaml").write_text(text.replace("virtualenv: .venv", f"virtualenv: {eng_mod.ROOT / '.venv'}", 1))
-    clients = Clients(testhost)
-    clients.trust_pebble()
-    s = eng_mod.Stack(engine, "nodes-upgrade", folder, stack_config(testhost, flux="false"))
-    try:
-        made = s.up()
-        assert made.ok, made.error
-        starts, trust = clients.starts(), clients.sha256(REGISTRIES_YAML)
-        for name in [*eng_mod.PROGRAM_FILES, "Pulumi.yaml"]:
-            old = folder / name
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        eng_mod.make_project(folder)
-        preview = s.preview(expect_no_changes=True)
-        assert preview.ok, preview.text[-3000:]
-        assert set(preview.changes) == {"same"}, preview.changes
-        again = s.up()
-        assert again.ok and not [e for e in again.executions], (again.error, again.executions)
-        assert (clients.starts(), clients.sha256(REGISTRIES_YAML)) == (starts, trust)
-    finally:
-        s.destroy()
-        s.remove()
 
 
 def free_port() -> int:

@@ -54,6 +54,9 @@ PEBBLE_CLOSED_PORT = 5443
 EXPIRY_DIR = "/var/lib/registry-credential-expiry"
 UNAUTHORIZED = re.compile(r"\b401\b|unauthorized", re.IGNORECASE)
 GRACE_SECONDS = 90
+PUSH_RETRIES = 2
+"""CI's pushes retry network errors as `docker push` does: a Caddy reload closes idle keep-alive connections, and a
+client that reuses one right then reads EOF (seen in CI: `writing blob: Head .../blobs/sha256:...: EOF`)."""
 """Longer than a rotation's `up` takes on a loaded machine: the test checks both generations right after it."""
 
 
@@ -192,7 +195,8 @@ def ci_loop(stack: Stack, config_json: str, label: str) -> Loop:
     counter = iter(range(1, 10_000))
 
     def push() -> Attempt:
-        return _attempt(label, c.push("e2e/rotation-ci:1", f"e2e/rotation-ci:{label}-{next(counter)}", path, check=False))
+        tag = f"e2e/rotation-ci:{label}-{next(counter)}"
+        return _attempt(label, c.push("e2e/rotation-ci:1", tag, path, check=False, retries=PUSH_RETRIES))
 
     return Loop("ci", push, pause=0.2)
 

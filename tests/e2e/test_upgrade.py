@@ -1,11 +1,11 @@
 """An existing stack sees no change from the layout move: a stack made by the code before it (commit BEFORE_THE_MOVE,
-from `git archive`) is previewed and updated by this checkout's code on the real engine, and nothing changes."""
+from `git archive`) is previewed and updated by this checkout's code on the real engine, and nothing changes.
+
+BEFORE_THE_MOVE also predates the `nodes` setting (issue 19): the single-node stack it made keeps its trust file and
+k3s is not restarted by the upgrade."""
 
 from __future__ import annotations
 
-import subprocess
-import tarfile
-from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from tests.e2e.testhost import TestHost
 
 pytestmark = pytest.mark.e2e
 
+REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
 BEFORE_THE_MOVE = "4cca3a4"
 """The last commit before components/ was split into components/, renderers/, settings/ and host/ (issue 18)."""
 CHANGED_SINCE_THE_MOVE: dict[str, str] = {
@@ -32,19 +33,6 @@ ADDED_SINCE_THE_MOVE: dict[str, str] = {
 """Resource name -> why: resources a later commit adds to every stack. They show as creations and nothing else."""
 
 
-def _archive(commit: str, dest: Path) -> Path:
-    """The tree of `commit` (tracked files only), unpacked into `dest`; the checkout itself is not touched."""
-    known = subprocess.run(
-        ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=eng_mod.ROOT, capture_output=True, check=False
-    )
-    if known.returncode != 0:
-        pytest.fail(f"commit {commit} is not in this clone (a shallow clone?): fetch its history to run this test")
-    tar = subprocess.run(["git", "archive", "--format=tar", commit], cwd=eng_mod.ROOT, capture_output=True, check=True)
-    with tarfile.open(fileobj=BytesIO(tar.stdout)) as archive:
-        archive.extractall(dest, filter="data")
-    return dest
-
-
 def _resource_changes(run: eng_mod.Run, resources: dict[str, tuple[str, str | None]]) -> dict[str, str]:
     """What `run` changed, providers left out: a provider's inputs are the stack's config, so a setting added to
     Pulumi.yaml since (with its default) updates the provider in the state while no resource changes."""
@@ -54,7 +42,7 @@ def _resource_changes(run: eng_mod.Run, resources: dict[str, tuple[str, str | No
 def test_a_stack_made_before_the_move_sees_no_change(
     testhost: TestHost, engine: Engine, tmp_path: Path
 ) -> None:
-    old_source = _archive(BEFORE_THE_MOVE, tmp_path / "before")
+    old_source = eng_mod.archive(BEFORE_THE_MOVE, tmp_path / "before")
     assert (old_source / "components" / "ops_render.py").exists()  # the old layout indeed
     assert not (old_source / "renderers").exists()
     project = eng_mod.make_project(tmp_path / "project", source=old_source)
@@ -67,6 +55,8 @@ def test_a_stack_made_before_the_move_sees_no_change(
         assert made.ok, made.error[-3000:]
         before = {name: (r["type"], r.get("parent")) for name, r in stack.resources().items()}
         assert len(before) >= 15, before
+        assert not any(name.startswith("k3s-") and name.endswith("-restart") for name in before)  # before `nodes`
+        k3s = (clients.starts(), clients.sha256(REGISTRIES_YAML))
 
         eng_mod.make_project(project, source=eng_mod.ROOT)  # the same stack, now this checkout's code
         assert (project / "components").resolve() == (eng_mod.ROOT / "components").resolve()
@@ -90,6 +80,7 @@ def test_a_stack_made_before_the_move_sees_no_change(
         after = {name: (r["type"], r.get("parent")) for name, r in stack.resources().items()}
         assert {n: v for n, v in after.items() if n not in ADDED_SINCE_THE_MOVE} == before  # the same resources
         assert set(after) - set(before) == set(ADDED_SINCE_THE_MOVE)
+        assert (clients.starts(), clients.sha256(REGISTRIES_YAML)) == k3s  # trust file as it was, k3s not restarted
         if not CHANGED_SINCE_THE_MOVE:
             assert clients.ssh_logins(since) == 0  # nothing ran on the host
     finally:

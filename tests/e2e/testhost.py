@@ -24,6 +24,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -708,11 +709,22 @@ def prune_images(keep: Images | None = None) -> list[str]:
 # --------------------------------------------------------------------------- running
 
 
+PUBLISHED_PORTS = range(20000, 32768)
+"""Where test hosts publish their ports: below Linux's ephemeral range (32768-60999), from which every server a test
+binds to port 0 gets its own. A published port there could shadow such a server for as long as the host runs (seen
+in CI: a unit test's local HTTP server answered by a test host's sshd)."""
+
+
 def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port in PUBLISHED_PORTS free on 127.0.0.1 right now."""
+    for port in random.sample(PUBLISHED_PORTS, 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise TestHostError(f"no free port among 50 tried in {PUBLISHED_PORTS}")
 
 
 def ensure_keypair(key_dir: Path) -> Path:
