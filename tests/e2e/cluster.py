@@ -32,28 +32,46 @@ class Cluster:
 
     def remove(self) -> None:
         self.agent.remove()
-        docker("network", "disconnect", "-f", self.network, self.server.name, check=False)
+        Link(self.network, self.server_address, "").remove(self.server)
+
+
+@dataclass
+class Link:
+    """A Docker network between the session's test host and another one, each with a fixed address on it."""
+
+    network: str
+    server_address: str
+    other_address: str
+
+    def remove(self, server: TestHost) -> None:
+        docker("network", "disconnect", "-f", self.network, server.name, check=False)
         docker("network", "rm", self.network, check=False)
 
 
-def start_cluster(server: TestHost, agent_name: str) -> Cluster:
-    """Put the server on `<server>-net` (10.233.X.0/24, X from its name) and start the agent host there, logging in
-    with the server's key, its k3s unit swapped for k3s-agent. Both keep their default network (the egress guard's
-    uplink): traffic between them stays on the cluster network."""
+def link(server: TestHost) -> Link:
+    """Create `<server>-net` (10.233.X.0/24, X from its name; a stale one is replaced) with the server on it; the other
+    host joins at other_address once started. Both keep their default network (the egress guard's uplink): traffic
+    between them stays on this network."""
     network = f"{server.name}-net"
     octet = int(hashlib.sha256(network.encode()).hexdigest(), 16) % 250 + 1
-    server_address, agent_address = f"10.233.{octet}.2", f"10.233.{octet}.3"
-    docker("rm", "-f", "-v", agent_name, check=False)
-    docker("network", "disconnect", "-f", network, server.name, check=False)
-    docker("network", "rm", network, check=False)
+    made = Link(network, f"10.233.{octet}.2", f"10.233.{octet}.3")
+    made.remove(server)
     docker("network", "create", "--subnet", f"10.233.{octet}.0/24", network)
-    docker("network", "connect", "--ip", server_address, network, server.name)
+    docker("network", "connect", "--ip", made.server_address, network, server.name)
+    return made
+
+
+def start_cluster(server: TestHost, agent_name: str) -> Cluster:
+    """Link the server and start the agent host on that network, logging in with the server's key, resolving the
+    registry's domain to the server, its k3s unit swapped for k3s-agent."""
+    docker("rm", "-f", "-v", agent_name, check=False)
+    net = link(server)
     agent = start_host(
-        agent_name, server.domain, key_dir=server.private_key_path.parent, domain_address=server_address
+        agent_name, server.domain, key_dir=server.private_key_path.parent, domain_address=net.server_address
     )
-    docker("network", "connect", "--ip", agent_address, network, agent.name)
+    docker("network", "connect", "--ip", net.other_address, net.network, agent.name)
     agent.exec(
         "systemctl disable --now k3s.service && rm -f /var/lib/k3s-standin/starts.log && "
         "systemctl enable --now k3s-agent.service && systemctl is-active k3s-agent.service"
     )
-    return Cluster(server, agent, network, server_address)
+    return Cluster(server, agent, net.network, net.server_address)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,52 +17,11 @@ from tests.e2e import engine as eng_mod
 from tests.e2e.clients import Clients, stack_config
 from tests.e2e.conftest import HOST_NAME
 from tests.e2e.engine import Engine
+from tests.e2e.forward import Forwarder
 from tests.e2e.stacks import EngineStack
 from tests.e2e.testhost import TestHost, default_key_dir, start_host
 
 pytestmark = pytest.mark.e2e
-
-
-class Forwarder:
-    """A TCP port on this machine's loopback that forwards every new connection to `target` (switchable): one
-    address behind which the server can be swapped, as a reinstalled machine or a hijacked IP would."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
-            except OSError:
-                client.close()
-                continue
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _fingerprint(key: str) -> str:
@@ -201,13 +158,17 @@ def test_backup_on_a_nearly_full_filesystem_is_refused_and_status_says_so(
         testhost.exec(f"umount {SMALL}; rmdir {SMALL}; rm -rf /var/lib/registry-maintenance", check=False)
 
 
-def test_off_server_backup_restores_on_a_wiped_server_with_the_same_digests(
+def test_off_server_backup_restores_on_a_fresh_host_with_the_same_digests(
     testhost: TestHost, engine: Engine, tmp_path: Path
 ) -> None:
-    """The server's disk is lost (stack destroyed, data directory and every local archive deleted, the registry
-    container gone); a new stack on it restores the off-server copy from the bucket with every digest intact."""
+    """The server is lost (its stack destroyed, data directory, local archives and maintenance records deleted); a
+    fresh host with a new stack restores the off-server copy from the bucket with every digest intact. The bucket
+    (SeaweedFS) runs on the first host, so the fresh one reaches it over a Docker network between the two: a
+    forwarder on each side keeps the endpoint http://127.0.0.1:8333 on both, the first host's S3 bound to loopback."""
+    from tests.e2e.cluster import link
+    from tests.e2e.forward import run_on
     from tests.e2e.test_storage import S3_ACCESS_KEY, S3_BUCKET, S3_ENDPOINT, S3_SECRET_KEY, start_s3
-    from tests.e2e.testhost import ensure_extras
+    from tests.e2e.testhost import docker, ensure_extras
 
     ensure_extras(testhost, s3=True)
     start_s3(testhost)
@@ -216,12 +177,17 @@ def test_off_server_backup_restores_on_a_wiped_server_with_the_same_digests(
     # Start from an empty data directory (earlier tests of the session leave theirs: destroy keeps the data).
     testhost.exec("docker rm -f registry >/dev/null 2>&1; rm -rf /srv/data/registry")
     prefix = f"offsite-{os.getpid()}"
-    config = stack_config(
-        testhost, flux="false", backupSchedule="", gcSchedule="", backupS3Bucket=S3_BUCKET, backupS3Prefix=prefix,
-        s3Endpoint=S3_ENDPOINT, s3AccessKey=S3_ACCESS_KEY, s3SecretKey=S3_SECRET_KEY, backupKeep="1",
-    )
-    first = EngineStack.open(engine, "offsite", testhost, tmp_path / "one", config)
-    second = EngineStack.open(engine, "offsite-new", testhost, tmp_path / "two", config)
+    settings = {
+        "flux": "false", "backupSchedule": "", "gcSchedule": "", "backupS3Bucket": S3_BUCKET,
+        "backupS3Prefix": prefix, "s3Endpoint": S3_ENDPOINT, "s3AccessKey": S3_ACCESS_KEY,
+        "s3SecretKey": S3_SECRET_KEY, "backupKeep": "1",
+    }  # fmt: skip
+    first = EngineStack.open(engine, "offsite", testhost, tmp_path / "one", stack_config(testhost, **settings))
+    fresh_name = f"{testhost.name}-fresh"
+    docker("rm", "-f", "-v", fresh_name, check=False)
+    net = link(testhost)
+    fresh = start_host(fresh_name, testhost.domain)
+    second: EngineStack | None = None
     try:
         assert first.apply().ok, first.history[-1].error
         assert S3_SECRET_KEY not in "\n".join(first.history[-1].printed)
@@ -241,19 +207,30 @@ def test_off_server_backup_restores_on_a_wiped_server_with_the_same_digests(
 
         assert first.destroy().ok, first.history[-1].error
         testhost.exec("docker rm -f registry >/dev/null 2>&1; rm -rf /srv/data/registry /srv/backups/registry "
-                      "/var/lib/registry-maintenance")
+                      "/var/lib/registry-maintenance")  # fmt: skip
+        docker("network", "connect", "--ip", net.other_address, net.network, fresh.name)
+        run_on(testhost, "regtest-s3-forward", (net.server_address, 8333), ("127.0.0.1", 8333))
+        run_on(fresh, "regtest-s3-forward", ("127.0.0.1", 8333), (net.server_address, 8333))
+        on_fresh = Clients(fresh)
+        on_fresh.trust_pebble()
+        assert fresh.exec("ls -A /srv/data/registry 2>/dev/null || true").stdout.strip() == ""  # nothing of its own
+        second = EngineStack.open(engine, "offsite-new", fresh, tmp_path / "two", stack_config(fresh, **settings))
         assert second.apply().ok, second.history[-1].error
-        new_auth = clients.authfile("offsite-new", second.exports["dockerConfigJson"])
-        assert clients.list_tags("offsite/app", new_auth, check=False).returncode != 0  # an empty registry
-        restored = clients.maintenance(f"restore s3:{newest}", timeout=300)
+        new_auth = on_fresh.authfile("offsite-new", second.exports["dockerConfigJson"])
+        assert on_fresh.list_tags("offsite/app", new_auth, check=False).returncode != 0  # an empty registry
+        restored = on_fresh.maintenance(f"restore s3:{newest}", timeout=300)
         assert f"downloading {newest} from s3://" in restored
         # The two pushed, and the deploy check's probe.
         assert "restored 3 repositories with 3 tags" in restored, restored
-        clients.wait_registry()
-        assert {ref: clients.digest(ref, new_auth) for ref in refs} == refs
+        on_fresh.wait_registry()
+        assert {ref: on_fresh.digest(ref, new_auth) for ref in refs} == refs
     finally:
-        for s in (first, second):
-            s.cleanup()
+        first.cleanup()
+        if second is not None:
+            second.cleanup()
+        fresh.remove()
+        net.remove(testhost)
+        testhost.exec("systemctl stop regtest-s3-forward 2>/dev/null || true")
 
 
 def test_flux_with_the_ambient_context_fails_naming_it_before_any_connection(
