@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from components import host
 from components.host import HostKeyError, _HostKeyProvider, fingerprint, offered_keys, verified_key
+from tests.unit.support import TYPICAL, Programs
 
 ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 OTHER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFJ8cQ2pXbNwq4h7Gd0lq4J0bY3Q8C1E3o2m6x9sKJ4m"
@@ -70,3 +72,16 @@ def test_a_host_that_does_not_answer_is_refused_with_the_fix(monkeypatch: pytest
 def test_scan_of_a_port_nothing_answers_on_is_refused_naming_it() -> None:
     with pytest.raises(HostKeyError, match=r"could not read the SSH host key of 127\.0\.0\.1:1 .*pin its key"):
         host.scan("127.0.0.1", 1)
+
+
+def test_a_program_run_under_mocks_dials_nothing(programs: Programs) -> None:
+    """The unit tier's program runs record the host key from the harness's offline scan: nothing connects to the
+    stack's host (here a loopback port that counts connections; TYPICAL's documentation address otherwise)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        run = programs.ok({**TYPICAL, "host": "127.0.0.1", "sshPort": str(port)})
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    recorded = next(r for r in run.registrations if r.name == "host-key")
+    assert recorded.inputs["address"] == "127.0.0.1" and recorded.inputs["port"] == port
