@@ -18,6 +18,8 @@ MAINTENANCE = "usr/local/sbin/registry-maintenance.sh"
 """The body of /usr/local/sbin/registry-maintenance; renderers/maintenance_script.py puts the header in front."""
 VERIFY = "steps/verify/check.sh"
 """The body of the deploy check; renderers/verify_script.py puts the header in front."""
+PREFLIGHT = "steps/host/preflight.sh"
+"""The body of the server's preflight check; renderers/preflight.py puts the header in front."""
 NODE_PULL = "steps/k3s-trust/node-pull.sh"
 """The body of the probe pull through one node's k3s; renderers/k3s_trust.py puts the header in front."""
 

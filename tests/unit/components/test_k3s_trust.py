@@ -35,5 +35,8 @@ def test_k3s_trust_file_is_the_rendered_registries_yaml(
 def test_disabling_k3s_trust_removes_its_resources_and_preflight_check(bare: ProgramRun, typical: ProgramRun) -> None:
     assert not bare.by_type("registry:index:K3sTrust")
     assert not [r for r in bare.registrations if r.name.startswith("k3s-trust")]
-    assert "k3s.service" in typical.named("host-preflight").value("create")
-    assert "k3s" not in bare.named("host-preflight").value("create")
+    # The preflight's header names the k3s unit and the trust file to check only where there is a trust file.
+    assert "\nK3S_SERVICE=k3s\n" in typical.named("host-preflight").value("create")
+    assert "\nREGISTRIES_FILE=/etc/rancher/k3s/registries.yaml\n" in typical.named("host-preflight").value("create")
+    assert "K3S_SERVICE=k3s" not in bare.named("host-preflight").value("create")
+    assert "REGISTRIES_FILE=/" not in bare.named("host-preflight").value("create")

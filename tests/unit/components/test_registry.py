@@ -54,7 +54,7 @@ def test_every_docker_run_the_program_sends_is_the_registry_line(programs: Progr
         assert not re.search(r"(^|\s)(-p|--publish|-P)(\s|=)", line), where
     # Caddy's upstream and the preflight's port follow the setting.
     assert f"127.0.0.1:{port}" in run.named("registry-container").value("create")
-    assert f"port={port}; name=registry" in scripts["host-preflight.create"]
+    assert f"\nREPLICAS=registry:{port}\n" in scripts["host-preflight.create"]
 
 
 def test_every_replica_the_program_runs_is_bound_to_loopback_on_its_own_port(programs: Programs) -> None:

@@ -149,14 +149,24 @@ def test_preflight_passes_shellcheck(tmp_path: Path) -> None:
     shellcheck(tmp_path, {"preflight": _preflight_script(True, "k3s-agent", 5000, tmp_path)})
 
 
-def test_preflight_checks_every_replica_port_against_its_own_container() -> None:
-    common = {"registry_port": 5000, "container": CONTAINER, "data_dir": "/d", "domain": "r.example.com",
-              "caddyfile": "/etc/caddy/Caddyfile", "registries_file": None}  # fmt: skip
-    one, three = preflight(False, "k3s", **common), preflight(False, "k3s", **common, replicas=3)  # type: ignore[arg-type]
-    assert "port=5001" not in one
-    for port, name in ((5000, "registry"), (5001, "registry-2"), (5002, "registry-3")):
-        assert f"port={port}; name={name}" in three
-    assert "case \"$cname\" in registry-2|registry-3) continue ;; esac" in three
+def test_preflight_checks_every_replica_port_against_its_own_container(tmp_path: Path) -> None:
+    # Every registry port is held by a process of no container: each replica's port fails naming that replica.
+    bin_dir = _fake_host(tmp_path, ss=_listener(5000, "nginx", 99))
+    script = preflight(
+        False, "k3s", registry_port=5000, container=CONTAINER, data_dir="/d", domain="r.example.com",
+        caddyfile=str(tmp_path / "Caddyfile"), registries_file=None, replicas=3,
+    )  # fmt: skip
+    result = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=False
+    )
+    assert result.returncode == 1
+    failures = [line for line in result.stderr.splitlines() if line.startswith("preflight: port ")]
+    assert [line.split(" is held")[0] for line in failures] == [
+        f"preflight: port {port} (the registry's, on 127.0.0.1)" for port in (5000, 5001, 5002)
+    ]
+    assert [line.split("other than the ")[1].split(" container")[0] for line in failures] == [
+        "registry", "registry-2", "registry-3"
+    ]
 
 
 def test_the_preview_notice_says_what_a_first_update_takes_over() -> None:
@@ -168,16 +178,24 @@ def test_the_preview_notice_says_what_a_first_update_takes_over() -> None:
     assert "registries.yaml" not in takeover_notice("registry", DOMAIN, "/etc/caddy/Caddyfile", None)
 
 
-def _same_filesystem_warning_output(data_dir: str, backup_dir: str) -> str:
-    from renderers.preflight import _same_filesystem_warning
-
-    body = "\n".join(["warn() { printf 'preflight: warning: %s\\n' \"$1\"; }", *_same_filesystem_warning(data_dir, backup_dir)])
-    return subprocess.run(["sh", "-c", body], capture_output=True, text=True, check=True).stdout
+def _same_filesystem_warning_output(tmp_path: Path, data_dir: str, backup_dir: str | None) -> str:
+    """The whole preflight against a stand-in host; its backupDir warning lines (stderr), if any."""
+    bin_dir = _fake_host(tmp_path)
+    script = preflight(
+        False, "k3s", registry_port=5000, container=CONTAINER, data_dir=data_dir, domain="r.example.com",
+        caddyfile=str(tmp_path / "Caddyfile"), registries_file=None, backup_dir=backup_dir,
+    )  # fmt: skip
+    result = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=True
+    )
+    return "".join(line + "\n" for line in result.stderr.splitlines() if line.startswith("preflight: warning: backupDir"))
 
 
 def test_preflight_warns_when_backups_share_the_data_directory_s_filesystem(tmp_path: Path) -> None:
     # Neither directory exists yet: each is judged by its nearest existing parent, as on a fresh server.
-    out = _same_filesystem_warning_output(str(tmp_path / "data" / "registry"), str(tmp_path / "backups" / "registry"))
+    out = _same_filesystem_warning_output(
+        tmp_path, str(tmp_path / "data" / "registry"), str(tmp_path / "backups" / "registry")
+    )
     assert out.startswith(f"preflight: warning: backupDir {tmp_path}/backups/registry is on the same filesystem as dataDir ")
     assert "survive a deleted or corrupted registry, not a lost disk or server" in out
 
@@ -187,14 +205,12 @@ def test_preflight_warns_when_backups_share_the_data_directory_s_filesystem(tmp_
     reason="needs two filesystems (/dev/shm and the temporary directory)",
 )
 def test_preflight_says_nothing_when_backups_are_on_another_filesystem(tmp_path: Path) -> None:
-    assert _same_filesystem_warning_output(str(tmp_path / "data"), "/dev/shm/registry-backups-test") == ""
+    assert _same_filesystem_warning_output(tmp_path, str(tmp_path / "data"), "/dev/shm/registry-backups-test") == ""
 
 
-def test_preflight_checks_the_backup_filesystem_only_when_backups_are_archived() -> None:
-    def render(backup_dir: str | None) -> str:
-        return preflight(True, "k3s", registry_port=5000, container="registry", data_dir="/srv/data/registry",
-                         domain="r.example.com", caddyfile="/etc/caddy/Caddyfile", registries_file=None,
-                         backup_dir=backup_dir)
-
-    assert "same filesystem as dataDir" in render("/srv/backups/registry")
-    assert "same filesystem as dataDir" not in render(None)
+def test_preflight_checks_the_backup_filesystem_only_when_backups_are_archived(tmp_path: Path) -> None:
+    data, backups = str(tmp_path / "data"), str(tmp_path / "backups")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert "same filesystem as dataDir" in _same_filesystem_warning_output(tmp_path / "a", data, backups)
+    assert _same_filesystem_warning_output(tmp_path / "b", data, None) == ""
