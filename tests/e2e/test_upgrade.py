@@ -21,7 +21,7 @@ REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
 BEFORE_THE_MOVE = "4cca3a4"
 """The last commit before components/ was split into components/, renderers/, settings/ and host/ (issue 18)."""
 CHANGED_SINCE_THE_MOVE: dict[str, str] = {
-    "host-preflight": "issue 22: warns when backupDir shares dataDir's filesystem",
+    "host-preflight": "issue 22: warns when backupDir shares dataDir's filesystem; issue 18: ships as host/steps/host/preflight.sh behind a header",
     "maintenance-install": "issue 22: backups check the free space first; status reports the last gc/retention/backup run",
 }
 """Resource name -> why: a later commit that changes on purpose what a step sends to an existing stack lists the step
