@@ -197,10 +197,18 @@ def test_no_secret_in_anything_printed_about_drift(drift: Drift) -> None:
     assert not leaked, leaked
 
 
+CHANGED_SINCE_THE_OBSERVERS: dict[str, str] = {
+    "host-preflight": "issue 18: the preflight ships as host/steps/host/preflight.sh behind a header (it runs once more)",
+}
+"""Steps a later commit changes on purpose: on upgrade from the version before the observers they update (and run),
+nothing else does."""
+
+
 def test_upgrading_a_stack_of_the_previous_version_moves_nothing(
     drift: Drift, engine: Engine, testhost: TestHost, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Made by the version before the observers, the stack upgrades with four creations and no command run."""
+    """Made by the version before the observers, the stack upgrades with four creations; no command runs but the
+    ones changed on purpose since (CHANGED_SINCE_THE_OBSERVERS), and the registry container stays the same."""
     drift.cleanup()  # the host is the module's; its stack goes first
     old = eng_mod.previous_version(tmp_path_factory.mktemp("previous-version"))
     assert not (old / "providers").exists()
@@ -214,13 +222,15 @@ def test_upgrading_a_stack_of_the_previous_version_moves_nothing(
         eng_mod.make_project(folder)  # the same stack, now this version of the program
         preview = s.preview(diff=True)
         assert preview.ok, preview.error
-        assert preview.changed() == {o: "create" for o in OBSERVERS}, preview.changed()
+        expected = {**{o: "create" for o in OBSERVERS}, **{n: "update" for n in CHANGED_SINCE_THE_OBSERVERS}}
+        assert preview.changed() == expected, preview.changed()
         assert preview.changes.get("create") == len(OBSERVERS), preview.changes
         since = s.clients.now()
         up = s.apply()
         assert up.ok, up.error
-        assert up.changed() == {o: "create" for o in OBSERVERS} and up.executions == []
-        assert s.clients.ssh_logins(since) == 0
+        assert up.changed() == expected, up.changed()
+        assert {e.name for e in up.executions} == set(CHANGED_SINCE_THE_OBSERVERS), up.executions
+        assert s.clients.ssh_logins(since) == len(CHANGED_SINCE_THE_OBSERVERS)  # one login per re-run step
         assert testhost.exec("docker inspect -f '{{.Id}}' registry").stdout == container
         gate = s.drift_gate()
         assert gate.ok, gate.text
