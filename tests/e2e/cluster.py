@@ -15,9 +15,8 @@ from tests.e2e.testhost import TestHost, docker, start_host
 class Cluster:
     server: TestHost
     agent: TestHost
-    network: str
-    server_address: str
-    """The server's address on the network (what the agent resolves the registry's domain to)."""
+    link: Link
+    """The network between them; the agent resolves the registry's domain to link.server_address."""
 
     def node(self, name: str = "agent-1") -> dict[str, Any]:
         """The agent as an entry of the `nodes` setting: reached like the server, on its own SSH port."""
@@ -32,7 +31,7 @@ class Cluster:
 
     def remove(self) -> None:
         self.agent.remove()
-        Link(self.network, self.server_address, "").remove(self.server)
+        self.link.remove(self.server)
 
 
 @dataclass
@@ -74,4 +73,4 @@ def start_cluster(server: TestHost, agent_name: str) -> Cluster:
         "systemctl disable --now k3s.service && rm -f /var/lib/k3s-standin/starts.log && "
         "systemctl enable --now k3s-agent.service && systemctl is-active k3s-agent.service"
     )
-    return Cluster(server, agent, net.network, net.server_address)
+    return Cluster(server, agent, net)

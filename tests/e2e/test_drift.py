@@ -28,6 +28,11 @@ STACK = "drift"
 SITE_FILE = "/etc/caddy/registry.caddy"
 CADDYFILE = "/etc/caddy/Caddyfile"
 REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
+CHANGED_SINCE_THE_OBSERVERS: dict[str, str] = {
+    "host-preflight": "issue 18: the preflight ships as host/steps/host/preflight.sh behind a header (it runs once more)",
+}
+"""Steps a later commit changes on purpose: on upgrade from the version before the observers they update (and run),
+nothing else does."""
 ENV_FILE = "/etc/registry/registry.env"
 OBSERVERS = ("caddy-site-state", "registry-state", "k3s-trust-state", "maintenance-state")
 q = shlex.quote
@@ -195,13 +200,6 @@ def test_no_secret_in_anything_printed_about_drift(drift: Drift) -> None:
     assert len(drift.printed) > 100 and "drift" in text
     leaked = [s[:4] + "..." for s in secrets if len(s) >= 8 and s in text]
     assert not leaked, leaked
-
-
-CHANGED_SINCE_THE_OBSERVERS: dict[str, str] = {
-    "host-preflight": "issue 18: the preflight ships as host/steps/host/preflight.sh behind a header (it runs once more)",
-}
-"""Steps a later commit changes on purpose: on upgrade from the version before the observers they update (and run),
-nothing else does."""
 
 
 def test_upgrading_a_stack_of_the_previous_version_moves_nothing(

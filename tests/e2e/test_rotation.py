@@ -54,10 +54,10 @@ PEBBLE_CLOSED_PORT = 5443
 EXPIRY_DIR = "/var/lib/registry-credential-expiry"
 UNAUTHORIZED = re.compile(r"\b401\b|unauthorized", re.IGNORECASE)
 GRACE_SECONDS = 90
+"""Longer than a rotation's `up` takes on a loaded machine: the test checks both generations right after it."""
 PUSH_RETRIES = 2
 """CI's pushes retry network errors as `docker push` does: a Caddy reload closes idle keep-alive connections, and a
 client that reuses one right then reads EOF (seen in CI: `writing blob: Head .../blobs/sha256:...: EOF`)."""
-"""Longer than a rotation's `up` takes on a loaded machine: the test checks both generations right after it."""
 
 
 @dataclass

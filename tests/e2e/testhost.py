@@ -711,8 +711,8 @@ def prune_images(keep: Images | None = None) -> list[str]:
 
 PUBLISHED_PORTS = range(20000, 32768)
 """Where test hosts publish their ports: below Linux's ephemeral range (32768-60999), from which every server a test
-binds to port 0 gets its own. A published port there could shadow such a server for as long as the host runs (seen
-in CI: a unit test's local HTTP server answered by a test host's sshd)."""
+binds to port 0 gets its own, so such a server never takes a port between `_free_port` choosing it and Docker
+binding it."""
 
 
 def _free_port() -> int:
